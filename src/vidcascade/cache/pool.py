@@ -1,0 +1,148 @@
+"""Preallocated K/V tensors of every layer: the in-flight tier and the committed tier.
+
+Per layer, keys and values are one tensor each, [B, H, M + C, Dh]::
+
+    token:  0                M - n_if            M                               M + C
+          [ unused          | in-flight blocks  | committed: sink | window ring  ]
+                              oldest .. newest    (CommittedLayout slots x tokens_per_frame)
+
+M holds the most blocks that can be in flight; the in-flight blocks are written right-aligned
+against the committed tier, so the keys of a tick, in-flight + valid committed, are one
+contiguous slice and no concatenation happens per layer. In-flight K/V is rewritten by every tick;
+the cache step promotes a block's clean K/V into its committed slots.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.masks import inflight_mask
+from .layout import CacheIndexError, CommittedLayout
+
+
+class KVPool:
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        batch: int,
+        num_heads: int,
+        head_dim: int,
+        tokens_per_frame: int,
+        frames_per_block: int,
+        max_inflight_blocks: int,
+        sink_frames: int,
+        window_frames: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.tokens_per_frame = tokens_per_frame
+        self.frames_per_block = frames_per_block
+        self.tokens_per_block = tokens_per_frame * frames_per_block
+        self.max_inflight_blocks = max_inflight_blocks
+        self.layout = CommittedLayout(sink_frames, window_frames)
+        self.inflight_tokens = max_inflight_blocks * self.tokens_per_block  # M
+        self.committed_tokens = self.layout.capacity * tokens_per_frame  # C
+        shape = (batch, num_heads, self.inflight_tokens + self.committed_tokens, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._masks: dict[tuple[int, int, bool], torch.Tensor | None] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.k[0].device
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def valid_committed_tokens(self) -> int:
+        return self.layout.valid_slots * self.tokens_per_frame
+
+    def reset(self) -> None:
+        """Start a new video: forget committed frames (tensors are overwritten, not zeroed)."""
+        self.layout.reset()
+
+    def _mask(self, n_inflight: int, causal: bool) -> torch.Tensor | None:
+        key = (n_inflight, self.valid_committed_tokens(), causal)
+        if key not in self._masks:
+            self._masks[key] = inflight_mask(
+                n_inflight, self.tokens_per_block, key[1], causal, device=self.device
+            )
+        return self._masks[key]
+
+    def tick_view(self, n_inflight: int, causal: bool) -> TickKV:
+        """The store for one joint forward of ``n_inflight`` blocks (oldest first)."""
+        if not 1 <= n_inflight <= self.max_inflight_blocks:
+            raise CacheIndexError(
+                f"{n_inflight} blocks in flight, but the pool holds 1..{self.max_inflight_blocks}"
+            )
+        return TickKV(self, n_inflight, self._mask(n_inflight, causal))
+
+    def inflight_slice(self, index: int, n_inflight: int) -> slice:
+        """Token range of the index-th in-flight block (0 = oldest) when n_inflight are in flight."""
+        start = self.inflight_tokens - (n_inflight - index) * self.tokens_per_block
+        return slice(start, start + self.tokens_per_block)
+
+    def promote(self, index: int, n_inflight: int, first_frame: int) -> None:
+        """Cache step: copy in-flight block ``index``'s K/V into the committed slots of its frames."""
+        src = self.inflight_slice(index, n_inflight)
+        tpf = self.tokens_per_frame
+        for j, (slot, _) in enumerate(
+            self.layout.commit(range(first_frame, first_frame + self.frames_per_block))
+        ):
+            s = slice(src.start + j * tpf, src.start + (j + 1) * tpf)
+            d = slice(self.inflight_tokens + slot * tpf, self.inflight_tokens + (slot + 1) * tpf)
+            for kt, vt in zip(self.k, self.v):
+                kt[:, :, d] = kt[:, :, s]
+                vt[:, :, d] = vt[:, :, s]
+
+    def recache_view(self) -> RecacheKV:
+        """The store for re-running every committed frame (slot order) under a new prompt."""
+        return RecacheKV(self)
+
+
+class TickKV:
+    """KVAccess of one tick: writes the in-flight K/V, attends to in-flight + committed."""
+
+    def __init__(self, pool: KVPool, n_inflight: int, mask: torch.Tensor | None) -> None:
+        self.pool = pool
+        self.n = n_inflight * pool.tokens_per_block
+        self.mask = mask
+        m = pool.inflight_tokens
+        self.write = slice(m - self.n, m)
+        self.read = slice(m - self.n, m + pool.valid_committed_tokens())
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if k.shape[2] != self.n:
+            raise CacheIndexError(
+                f"layer {layer}: got {k.shape[2]} new tokens, the tick expects {self.n} "
+                f"(write slice {self.write}, read slice {self.read})"
+            )
+        kt, vt = self.pool.k[layer], self.pool.v[layer]
+        kt[:, :, self.write] = k
+        vt[:, :, self.write] = v
+        return kt[:, :, self.read], vt[:, :, self.read], self.mask
+
+
+class RecacheKV:
+    """KVAccess of a re-cache forward: the committed frames attend to each other (bidirectionally)
+    and overwrite their own committed slots."""
+
+    def __init__(self, pool: KVPool) -> None:
+        self.pool = pool
+        m = pool.inflight_tokens
+        self.slots = slice(m, m + pool.valid_committed_tokens())
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        kt, vt = self.pool.k[layer], self.pool.v[layer]
+        if k.shape[2] != self.slots.stop - self.slots.start:
+            raise CacheIndexError(
+                f"layer {layer}: re-cache got {k.shape[2]} tokens for committed slots {self.slots}"
+            )
+        kt[:, :, self.slots] = k
+        vt[:, :, self.slots] = v
+        return k, v, None

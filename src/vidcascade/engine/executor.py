@@ -1,0 +1,168 @@
+"""The executor: runs a Plan's ticks on one device. It decides nothing about *what* runs.
+
+One tick = one forward of every in-flight block (concatenated along frames, per-frame timesteps,
+absolute frame positions), then per block the sampler update, and for blocks at their cache step
+the promotion of their clean K/V into the committed tier.
+
+Determinism: each block owns a CPU generator seeded from (seed, block), from which its initial
+noise and every re-noise draw come, in stage order. The draws of block b are therefore the same at
+every cascade level, and level 0 starts block b from the same noise as level 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..cache.pool import KVPool
+from ..models.wan_dit import CausalWanDiT, TextKV
+from ..scheduling.plan import Tick
+from ..scheduling.timesteps import Schedule, renoise
+
+
+def block_seed(seed: int, block: int) -> int:
+    """A well-mixed 63-bit seed per (seed, block) (splitmix64 of the pair)."""
+    z = (seed * 0x9E3779B97F4A7C15 + block * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) % 2**63
+
+
+@dataclass
+class Counters:
+    forwards: int = 0
+    """Model calls (one per tick, plus one per re-cache)."""
+    block_forwards: int = 0
+    """Blocks pushed through the model, summed over calls."""
+    recache_forwards: int = 0
+
+
+@dataclass
+class _Block:
+    x: torch.Tensor  # [B, C, fpb, h, w] fp32: the input of the block's next stage
+    gen: torch.Generator
+
+
+@dataclass
+class Executor:
+    model: CausalWanDiT
+    schedule: Schedule
+    pool: KVPool
+    latent_shape: tuple[int, int, int]
+    """(C, h, w) of one latent frame."""
+    frames_per_block: int
+    batch: int = 1
+    seed: int = 0
+    causal: bool = True
+    counters: Counters = field(default_factory=Counters)
+
+    def __post_init__(self) -> None:
+        self.device = self.pool.device
+        self.blocks: dict[int, _Block] = {}
+        c, h, w = self.latent_shape
+        cap = self.pool.layout.capacity
+        # Clean latents of the committed frames, slot for slot with the K/V (for re-cache).
+        self.committed_x0 = torch.zeros(self.batch, c, cap, h, w, device=self.device)
+        self._t_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        s = self.schedule
+        self._stage_t = [*s.timesteps, s.cache_timestep]
+
+    # -- per-block state -------------------------------------------------------------------------
+
+    def _noise(self, gen: torch.Generator) -> torch.Tensor:
+        c, h, w = self.latent_shape
+        z = torch.randn(self.batch, c, self.frames_per_block, h, w, generator=gen)
+        return z.to(self.device)
+
+    def _start(self, block: int) -> _Block:
+        gen = torch.Generator().manual_seed(block_seed(self.seed, block))
+        st = _Block(self._noise(gen), gen)
+        self.blocks[block] = st
+        return st
+
+    # -- cached per-tick tensors -----------------------------------------------------------------
+
+    def _timesteps(self, stages: tuple[int, ...]) -> torch.Tensor:
+        if stages not in self._t_cache:
+            per_frame = [self._stage_t[s] for s in stages for _ in range(self.frames_per_block)]
+            t = torch.tensor(per_frame, dtype=torch.float32, device=self.device)
+            self._t_cache[stages] = t[None].expand(self.batch, -1)  # [B, n*fpb]
+        return self._t_cache[stages]
+
+    def _positions(self, first_block: int, n: int) -> torch.Tensor:
+        key = (first_block, n)
+        if key not in self._pos_cache:
+            if len(self._pos_cache) > 64:
+                self._pos_cache.clear()
+            fpb = self.frames_per_block
+            self._pos_cache[key] = torch.arange(
+                first_block * fpb, (first_block + n) * fpb, device=self.device
+            )
+        return self._pos_cache[key]
+
+    # -- ticks -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def run_tick(self, tick: Tick, text_kv: TextKV) -> dict[int, torch.Tensor]:
+        """Run one tick; returns {block: clean x0 [B, C, fpb, h, w]} for blocks ready this tick."""
+        entries = tick.entries
+        n = len(entries)
+        states = [self.blocks.get(e.block) or self._start(e.block) for e in entries]
+        x = torch.cat([st.x for st in states], dim=2) if n > 1 else states[0].x  # [B, C, n*fpb, h, w]
+        t = self._timesteps(tuple(e.stage for e in entries))  # [B, n*fpb]
+        pos = self._positions(entries[0].block, n)  # [n*fpb]
+        view = self.pool.tick_view(n, self.causal)
+        v = self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view).float()  # [B, C, n*fpb, h, w]
+        self.counters.forwards += 1
+        self.counters.block_forwards += n
+        return self._update(tick, states, v)
+
+    def _update(self, tick: Tick, states: list[_Block], v: torch.Tensor) -> dict[int, torch.Tensor]:
+        sched, fpb, n = self.schedule, self.frames_per_block, len(tick.entries)
+        ready = {}
+        for i, (e, st) in enumerate(zip(tick.entries, states)):
+            if e.stage == sched.num_steps:  # cache step: its K/V was written clean; promote it
+                self._commit(i, n, e.block, st.x)
+                del self.blocks[e.block]
+                continue
+            vi = v[:, :, i * fpb : (i + 1) * fpb]  # [B, C, fpb, h, w]
+            sig, sig_next = sched.sigmas[e.stage], sched.sigmas[e.stage + 1]
+            x0 = st.x - sig * vi
+            if e.stage == sched.num_steps - 1:
+                st.x = x0  # the cache step runs on the clean prediction
+                ready[e.block] = x0
+            elif sched.sampler == "renoise":
+                st.x = renoise(x0, self._noise(st.gen), sig_next)
+            else:
+                st.x = st.x + (sig_next - sig) * vi
+        return ready
+
+    def _commit(self, index: int, n_inflight: int, block: int, x0: torch.Tensor) -> None:
+        first = block * self.frames_per_block
+        layout = self.pool.layout
+        slots = [layout.slot_for(f) for f in range(first, first + self.frames_per_block)]
+        self.pool.promote(index, n_inflight, first)
+        for j, slot in enumerate(slots):
+            self.committed_x0[:, :, slot] = x0[:, :, j]
+
+    @torch.no_grad()
+    def recache(self, text_kv: TextKV) -> None:
+        """LongLive-style re-cache: one forward of every committed frame under the new prompt."""
+        frames = self.pool.layout.visible_frames()
+        if not frames:
+            return
+        nslots = len(frames)
+        x = self.committed_x0[:, :, :nslots]  # [B, C, n, h, w]
+        t = torch.full((self.batch, nslots), self.schedule.cache_timestep, device=self.device)
+        pos = torch.tensor(frames, device=self.device)
+        self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=self.pool.recache_view())
+        self.counters.forwards += 1
+        self.counters.recache_forwards += 1
+
+    def reset(self, seed: int) -> None:
+        self.seed = seed
+        self.blocks.clear()
+        self.pool.reset()
+        self.counters = Counters()

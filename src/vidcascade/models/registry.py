@@ -1,0 +1,66 @@
+"""Named models and model folders -> Bundle."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import CacheConfig, SamplingConfig, model_preset
+from .bundle import Bundle
+from .hash_text import HashTextEncoder
+from .preview_decoder import PreviewDecoder
+from .wan_dit import CausalWanDiT, init_weights
+
+log = logging.getLogger(__name__)
+
+# The sampling the embedded model family uses: 4 deterministic Euler steps at shift 3 plus the
+# cache step (reference/embedded-model-notes.md: 4 Euler steps at shift 3 matched 16 steps).
+TINY_SAMPLING = SamplingConfig(
+    steps=(1000, 750, 500, 250), warp=True, shift=3.0, frames_per_block=3, sampler="euler"
+)
+TINY_CACHE = CacheConfig(sink_frames=3, window_frames=12)
+
+
+def random_tiny(device: torch.device | str = "cpu", seed: int = 0) -> Bundle:
+    """The untrained stand-in: the tiny geometry with random weights, hashed words as text."""
+    cfg = model_preset("tiny")
+    dit = init_weights(CausalWanDiT(cfg), seed).eval().to(device)
+    return Bundle(
+        name="random-tiny",
+        dit=dit,
+        text_encoder=HashTextEncoder(cfg.text_dim, cfg.text_len, device),
+        make_decoder=lambda: PreviewDecoder(cfg.in_dim, upscale=8),
+        sampling=TINY_SAMPLING,
+        cache=TINY_CACHE,
+        latent_hw=(8, 8),
+        fps=8.0,
+        trained=False,
+        description="randomly initialised tiny model (untrained: noise-like output, latent preview decoder)",
+    )
+
+
+BUILTIN = {"random-tiny": random_tiny}
+
+
+def default_model_name() -> str:
+    return "random-tiny"
+
+
+def load_bundle(
+    name_or_path: str | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Bundle:
+    """A built-in model by name, or a model folder (see docs in README)."""
+    name = name_or_path or default_model_name()
+    if name in BUILTIN:
+        bundle = BUILTIN[name](device)
+    elif Path(name).exists():
+        from .bundle_folder import load_bundle_folder
+
+        bundle = load_bundle_folder(Path(name), device=device, dtype=dtype)
+    else:
+        raise ValueError(f"unknown model {name!r}: not a built-in ({', '.join(BUILTIN)}) and no such path")
+    if dtype is not None and bundle.dit.patch_embedding.weight.dtype != dtype:
+        bundle.dit.to_inference_dtype(dtype)
+    return bundle

@@ -1,0 +1,345 @@
+"""The causal Wan2.1 DiT as a pure nn.Module.
+
+Follows reference/block_causal_models.md §1.3 (Wan's forward) and §2 (the causal inference path of
+Self-Forcing / CausVid / LongLive): per-frame timesteps with 6-way modulation, q/k RMSNorm across
+heads, 3-D RoPE at absolute frame positions, cross-attention to text whose K/V can be computed once
+per prompt, FFN, head and unpatchify. Parameter names are those of the original Wan checkpoints, so
+real weights load without renaming.
+
+The module allocates no cache and knows no schedule: self-attention hands each layer's new K/V to
+an optional ``kv`` object (see ``KVAccess``) that stores them and returns what to attend to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .rope import RopeTables, apply_rope
+
+TextKV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class KVAccess(Protocol):
+    """What self-attention asks of a K/V store during one forward."""
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store this forward's k, v [B, H, N, Dh]; return (keys, values, bool mask or None)."""
+        ...
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the full width (across heads), normalising in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the activation dtype (Wan does this)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[cos, sin] embedding of raw timesteps t [...] (0..1000) -> [..., dim], computed in float64."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    args = t.to(torch.float64)[..., None] * freqs  # [..., half]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).float()
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [B, N, D] with per-frame shift/scale [B, F, D] broadcast over each frame's tokens (fp32)."""
+    b, n, d = x.shape
+    nf = shift.shape[1]
+    xf = x.float().view(b, nf, n // nf, d)  # [B, F, T, D]
+    out = xf * (1.0 + scale[:, :, None]) + shift[:, :, None]
+    return out.view(b, n, d).type_as(x)
+
+
+def gated(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y * gate with a per-frame gate [B, F, D]."""
+    b, n, d = y.shape
+    nf = gate.shape[1]
+    yg = (y.float().view(b, nf, n // nf, d) * gate[:, :, None]).view(b, n, d)
+    return x + yg.type_as(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        layer: int,
+        kv: KVAccess | None,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, n, d = x.shape
+        h, hd = self.num_heads, self.head_dim
+        q = self.norm_q(self.q(x)).view(b, n, h, hd)  # [B, N, H, Dh]
+        k = self.norm_k(self.k(x)).view(b, n, h, hd)  # [B, N, H, Dh]
+        v = self.v(x).view(b, n, h, hd)  # [B, N, H, Dh]
+        q = apply_rope(q, cos, sin).transpose(1, 2)  # [B, H, N, Dh]
+        k = apply_rope(k, cos, sin).transpose(1, 2)  # [B, H, N, Dh]
+        v = v.transpose(1, 2)  # [B, H, N, Dh]
+        if kv is not None:
+            k, v, attn_mask = kv.update(layer, k, v)  # [B, H, Nk, Dh]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
+        return self.o(out.transpose(1, 2).reshape(b, n, d))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of the embedded text [B, L, D] -> two [B, H, L, Dh]; computed once per prompt."""
+        b, n, _ = context.shape
+        k = self.norm_k(self.k(context)).view(b, n, self.num_heads, self.head_dim)
+        v = self.v(context).view(b, n, self.num_heads, self.head_dim)
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        if k.shape[0] != b:  # one prompt shared by a batch
+            k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, Dh]
+        return self.o(out.transpose(1, 2).reshape(b, n, d))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
+        self.norm1 = FP32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(d, cfg.num_heads, cfg.eps)
+        # Named norm3 in Wan although it runs second: checkpoint names are kept as they are.
+        self.norm3 = (
+            FP32LayerNorm(d, eps=cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        )
+        self.cross_attn = CrossAttention(d, cfg.num_heads, cfg.eps)
+        self.norm2 = FP32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text: tuple[torch.Tensor, torch.Tensor],
+        layer: int,
+        kv: KVAccess | None,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        # x [B, N, D]; e0 [B, F, 6, D] fp32
+        mod = self.modulation.float().unsqueeze(0) + e0  # [B, F, 6, D]
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)  # [B, F, D] each
+        y = self.self_attn(modulate(self.norm1(x), shift_sa, scale_sa), cos, sin, layer, kv, attn_mask)
+        x = gated(x, y, gate_sa)  # [B, N, D]
+        x = x + self.cross_attn(self.norm3(x), *text)  # [B, N, D]
+        y = self.ffn(modulate(self.norm2(x), shift_ff, scale_ff))
+        return gated(x, y, gate_ff)  # [B, N, D]
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.norm = FP32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(d, cfg.patch_dim_out)
+        self.modulation = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        # x [B, N, D]; e [B, F, D] fp32 (time_embedding output, not e0)
+        mod = self.modulation.float().unsqueeze(0) + e.unsqueeze(2)  # [B, F, 2, D]
+        shift, scale = mod.unbind(2)
+        return self.head(modulate(self.norm(x), shift, scale))  # [B, N, p*C]
+
+
+class CausalWanDiT(nn.Module):
+    """Wan2.1 text-to-video DiT with the causal inference path.
+
+    ``forward(x, t, context)`` without ``kv`` is the plain full-attention model (optionally with a
+    boolean ``attn_mask``, e.g. the block-causal mask). With ``kv`` each layer's K/V go through the
+    store, which is how the engine attends to committed and in-flight blocks.
+    """
+
+    # Parameters Wan keeps in fp32 when the rest runs in bf16 (reference §1.3, §5.1).
+    fp32_modules = ("time_embedding", "time_projection")
+    fp32_param_suffixes = ("modulation",)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.patch_size[0] != 1:
+            raise ValueError(f"only temporal patch size 1 is supported, got patch_size={cfg.patch_size}")
+        self.cfg = cfg
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        self.rope = RopeTables(cfg.head_dim, cfg.rope_max_frames)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        _, ph, pw = self.cfg.patch_size
+        return (height // ph) * (width // pw)
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """[B, L, text_dim] -> [B, text_len, D]; zero rows are padded *before* the MLP, as in Wan."""
+        b, n, c = context.shape
+        if c != self.cfg.text_dim:
+            raise ValueError(f"context has width {c}, the model expects text_dim={self.cfg.text_dim}")
+        if n > self.cfg.text_len:
+            raise ValueError(f"context has {n} tokens, more than text_len={self.cfg.text_len}")
+        if n < self.cfg.text_len:
+            context = F.pad(context, (0, 0, 0, self.cfg.text_len - n))
+        dtype = self.text_embedding[0].weight.dtype
+        return self.text_embedding(context.to(dtype))  # [B, text_len, D]
+
+    def text_kv(self, context: torch.Tensor) -> TextKV:
+        """Per-layer cross-attention K/V of a prompt: compute once, reuse for every tick."""
+        emb = self.embed_text(context)
+        return [blk.cross_attn.text_kv(emb) for blk in self.blocks]
+
+    def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """t [B, F] -> e [B, F, D] and e0 [B, F, 6, D], both fp32."""
+        emb = sinusoidal_embedding(t, self.cfg.freq_dim)  # [B, F, freq_dim]
+        w = self.time_embedding[0].weight
+        e = self.time_embedding(emb.to(w.dtype)).float()  # [B, F, D]
+        e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, self.cfg.dim))  # [B, F, 6, D]
+        return e, e0
+
+    def to_inference_dtype(self, dtype: torch.dtype) -> CausalWanDiT:
+        """Cast to ``dtype`` (e.g. bf16) but keep Wan's fp32 islands: time MLPs and modulations."""
+        self.to(dtype)
+        for name in self.fp32_modules:
+            getattr(self, name).float()
+        for name, p in self.named_parameters():
+            if name.endswith(self.fp32_param_suffixes):
+                p.data = p.data.float()
+        return self
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        text_kv: TextKV | None = None,
+        frame_pos: torch.Tensor | Sequence[int] | None = None,
+        kv: KVAccess | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Flow velocity for latents x [B, C, F, H, W] at timesteps t [B] or [B, F] (0..1000).
+
+        context [B, L, text_dim] (or its precomputed ``text_kv``); frame_pos [F] absolute frame
+        indices for RoPE (default 0..F-1); kv: the K/V store of the engine; attn_mask [N, Nk] bool
+        (True = attend) when no store is given. Returns [B, out_dim, F, H, W].
+        """
+        b, c, nf, hh, ww = x.shape
+        if c != self.cfg.in_dim:
+            raise ValueError(f"latents have {c} channels, the model expects in_dim={self.cfg.in_dim}")
+        _, ph, pw = self.cfg.patch_size
+        if hh % ph or ww % pw:
+            raise ValueError(f"latent size {hh}x{ww} is not divisible by the patch {ph}x{pw}")
+        gh, gw = hh // ph, ww // pw
+        if t.dim() == 1:
+            t = t[:, None].expand(b, nf)
+        if t.shape != (b, nf):
+            raise ValueError(f"t must have shape [B] or [B, F] = [{b}, {nf}], got {list(t.shape)}")
+        if frame_pos is None:
+            frame_pos = torch.arange(nf, device=x.device)
+        elif not isinstance(frame_pos, torch.Tensor):
+            frame_pos = torch.as_tensor(list(frame_pos), dtype=torch.long, device=x.device)
+        if text_kv is None:
+            if context is None:
+                raise ValueError("give either context or text_kv")
+            text_kv = self.text_kv(context)
+
+        dtype = self.patch_embedding.weight.dtype
+        h = self.patch_embedding(x.to(dtype))  # [B, D, F, gh, gw]
+        h = h.flatten(2).transpose(1, 2)  # [B, N, D], N = F*gh*gw in (f, h, w) order
+        e, e0 = self.time_embed(t)  # [B, F, D], [B, F, 6, D]
+        cos, sin = self.rope.cos_sin(frame_pos.to(x.device), gh, gw)  # [N, Dh/2]
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, e0, cos, sin, text_kv[i], i, kv, attn_mask)  # [B, N, D]
+        out = self.head(h, e)  # [B, N, ph*pw*C]
+        return self.unpatchify(out, nf, gh, gw)
+
+    def unpatchify(self, out: torch.Tensor, nf: int, gh: int, gw: int) -> torch.Tensor:
+        b = out.shape[0]
+        _, ph, pw = self.cfg.patch_size
+        c = self.cfg.out_dim
+        out = out.view(b, nf, gh, gw, 1, ph, pw, c)
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, F, 1, gh, ph, gw, pw]
+        return out.reshape(b, c, nf, gh * ph, gw * pw)
+
+
+def init_weights(model: CausalWanDiT, seed: int = 0) -> CausalWanDiT:
+    """Deterministic random init (Xavier linears, small modulations) for tests and untrained models."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        with torch.no_grad():
+            if p.dim() >= 2 and "modulation" not in name:
+                fan_in, fan_out = p.shape[1] * math.prod(p.shape[2:]), p.shape[0]
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                p.copy_(torch.rand(p.shape, generator=g) * 2 * bound - bound)
+            elif "modulation" in name:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:  # norm weights
+                p.fill_(1.0)
+    return model

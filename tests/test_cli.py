@@ -1,0 +1,128 @@
+"""CLI smoke tests: run main() in-process; one subprocess check of the console entry point."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vidcascade.cli import main
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_plan_json_tick_counts(capsys):
+    rc, out, _ = _run(capsys, "plan", "--steps", "4", "--level", "4", "--blocks", "6", "--json")
+    assert rc == 0 and len(json.loads(out)["ticks"]) == 10
+    rc, out, _ = _run(capsys, "plan", "--steps", "4", "--level", "0", "--blocks", "6", "--json")
+    ticks = json.loads(out)["ticks"]
+    assert len(ticks) == 30 and ticks[4] == [[0, 4]]  # stage S = the cache step
+    rc, out, _ = _run(capsys, "plan", "--steps", "3", "--lag", "2", "--blocks", "3")
+    assert rc == 0 and "lag L=2" in out
+
+
+def test_generate_levels_same_shape_and_deterministic(tmp_path, capsys):
+    paths = {}
+    for name, level in (("a4", "4"), ("b4", "4"), ("a0", "0")):
+        paths[name] = tmp_path / f"{name}.npz"
+        rc, out, _ = _run(
+            capsys,
+            "generate",
+            "a red ball",
+            "--blocks",
+            "4",
+            "--level",
+            level,
+            "--model",
+            "random-tiny",
+            "--out",
+            str(paths[name]),
+        )
+        assert rc == 0 and "FPS" in out and "time to first frame" in out
+    arr = {k: np.load(p)["frames"] for k, p in paths.items()}
+    assert arr["a4"].shape == arr["a0"].shape and arr["a4"].dtype == np.uint8 and arr["a4"].ndim == 4
+    assert arr["a4"].shape[-1] == 3
+    assert np.array_equal(arr["a4"], arr["b4"])
+
+
+def test_generate_with_switch_and_gif(tmp_path, capsys):
+    out = tmp_path / "s.gif"
+    rc, text, _ = _run(
+        capsys,
+        "generate",
+        "red",
+        "--blocks",
+        "3",
+        "--level",
+        "2",
+        "--model",
+        "random-tiny",
+        "--switch",
+        "1:blue",
+        "--switch-mode",
+        "recache",
+        "--out",
+        str(out),
+    )
+    assert rc == 0 and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["generate", "x", "--out", "v.avi"], "unknown extension '.avi'"),
+        (["generate", "x", "--blocks", "0", "--out", "v.npz"], "--blocks must be >= 1, got 0"),
+        (
+            ["generate", "x", "--level", "9", "--model", "random-tiny", "--out", "v.npz"],
+            "level must be in 0..4",
+        ),
+        (["generate", "x", "--model", "no-such-model", "--out", "v.npz"], "unknown model 'no-such-model'"),
+        (
+            ["generate", "x", "--switch", "7:y", "--blocks", "2", "--model", "random-tiny", "--out", "v.npz"],
+            "switch at block 7",
+        ),
+        (["plan", "--steps", "4", "--lag", "6", "--blocks", "2"], "lag must be in 1..5"),
+    ],
+)
+def test_bad_flags_exit_2_with_message(tmp_path, monkeypatch, capsys, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 2 and needle in err
+
+
+def test_argparse_rejects_malformed_switch(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "x", "--switch", "nocolon"])
+    assert e.value.code == 2 and "BLOCK:PROMPT" in capsys.readouterr().err
+
+
+def test_module_entry_point(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vidcascade",
+            "plan",
+            "--steps",
+            "2",
+            "--level",
+            "2",
+            "--blocks",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and json.loads(r.stdout)["ticks"] == [
+        [[0, 0]],
+        [[0, 1], [1, 0]],
+        [[0, 2], [1, 1]],
+        [[1, 2]],
+    ]

@@ -101,3 +101,24 @@ class StreamingEncoder:
             return x.new_zeros((x.shape[0], self.vae.config.z_dim, 0, h, w))
         mu = torch.cat(out, dim=2)
         return self.vae.normalize(mu) if self.normalized else mu
+
+
+class VAEFrameDecoder:
+    """A StreamingDecoder that returns uint8 frames: the engine's ``FrameDecoder`` for a Wan VAE.
+
+    Latents come in the diffusion model's (normalised) space; output is [B, T, H, W, 3] uint8.
+    """
+
+    def __init__(self, vae: WanVAE, *, frames_per_pass: int = 1) -> None:
+        self.stream = StreamingDecoder(vae, normalized=True, frames_per_pass=frames_per_pass)
+
+    def reset(self) -> None:
+        self.stream.reset()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor):
+        vae = self.stream.vae
+        p = next(vae.parameters())
+        video = self.stream.decode(latents.to(device=p.device, dtype=p.dtype))  # [B, 3, T, H, W] in [-1, 1]
+        frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return frames.permute(0, 2, 3, 4, 1).cpu().numpy()  # [B, T, H, W, 3]

@@ -45,6 +45,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         choices=["float32", "bfloat16", "float16"],
         help="weights dtype (default: as stored; bf16 keeps Wan's fp32 islands)",
     )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the DiT (first ticks of each shape compile)"
+    )
 
 
 def _add_cascade_args(p: argparse.ArgumentParser) -> None:
@@ -109,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="measured runs per level (median reported)")
     b.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write results as JSON")
     b.add_argument("--parallel", choices=["none", "temporal"], default="none")
+    i = sub.add_parser("inspect", help="report what a model folder or DiT checkpoint holds, and any problem")
+    i.add_argument("path", help="model folder (vidcascade.json) or DiT checkpoint file/folder")
+    i.add_argument("--height", type=int, default=None, help="pixels (default: the bundle's, else 480)")
+    i.add_argument("--width", type=int, default=None, help="pixels (default: the bundle's, else 832)")
+    i.add_argument("--sink-frames", type=int, default=None, help="K/V sink frames (default: the bundle's)")
+    i.add_argument(
+        "--window-frames", type=int, default=None, help="K/V window frames (default: the bundle's)"
+    )
+    i.add_argument(
+        "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="K/V dtype"
+    )
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
     return ap
 
 
@@ -135,6 +150,10 @@ def _load(args):
     bundle = load_bundle(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
     if not bundle.trained:
         log.warning("model %s: %s", bundle.name, bundle.description)
+    if args.compile:
+        from .models.loading import compile_dit
+
+        compile_dit(bundle.dit)
     return bundle
 
 
@@ -245,7 +264,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "bench": cmd_bench}
+def cmd_inspect(args) -> int:
+    from .inspect_cmd import run_inspect
+
+    return run_inspect(args)
+
+
+COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "bench": cmd_bench, "inspect": cmd_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,8 @@ the cache step promotes a block's clean K/V into its committed slots.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..models.masks import inflight_mask
@@ -86,15 +88,23 @@ class KVPool:
     def promote(self, index: int, n_inflight: int, first_frame: int) -> None:
         """Cache step: copy in-flight block ``index``'s K/V into the committed slots of its frames."""
         src = self.inflight_slice(index, n_inflight)
-        tpf = self.tokens_per_frame
-        for j, (slot, _) in enumerate(
-            self.layout.commit(range(first_frame, first_frame + self.frames_per_block))
-        ):
-            s = slice(src.start + j * tpf, src.start + (j + 1) * tpf)
-            d = slice(self.inflight_tokens + slot * tpf, self.inflight_tokens + (slot + 1) * tpf)
-            for kt, vt in zip(self.k, self.v):
-                kt[:, :, d] = kt[:, :, s]
-                vt[:, :, d] = vt[:, :, s]
+        self.commit_block(first_frame, lambda layer: (self.k[layer][:, :, src], self.v[layer][:, :, src]))
+
+    def commit_block(
+        self, first_frame: int, kv_of_layer: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """Cache step from any source: ``kv_of_layer(layer)`` gives the block's clean k, v
+        [B, H, frames_per_block * tokens_per_frame, Dh]; they go to the committed slots of its frames."""
+        tpf, m = self.tokens_per_frame, self.inflight_tokens
+        slots = [
+            slot for slot, _ in self.layout.commit(range(first_frame, first_frame + self.frames_per_block))
+        ]
+        for layer, (kt, vt) in enumerate(zip(self.k, self.v)):
+            k, v = kv_of_layer(layer)
+            for j, slot in enumerate(slots):
+                d = slice(m + slot * tpf, m + (slot + 1) * tpf)
+                kt[:, :, d] = k[:, :, j * tpf : (j + 1) * tpf]
+                vt[:, :, d] = v[:, :, j * tpf : (j + 1) * tpf]
 
     def recache_view(self) -> RecacheKV:
         """The store for re-running every committed frame (slot order) under a new prompt."""

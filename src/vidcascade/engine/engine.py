@@ -116,13 +116,13 @@ class Engine:
             head_dim=cfg.head_dim,
             tokens_per_frame=bundle.dit.tokens_per_frame(h, w),
             frames_per_block=fpb,
-            max_inflight_blocks=steady_in_flight(self.schedule.num_steps, self.lag),
+            max_inflight_blocks=self._inflight_capacity(),
             sink_frames=bundle.cache.sink_frames,
             window_frames=bundle.cache.window_frames,
             dtype=dtype,
             device=bundle.device,
         )
-        self.executor = Executor(
+        self.executor = self._make_executor(
             model=bundle.dit,
             schedule=self.schedule,
             pool=self.pool,
@@ -133,6 +133,14 @@ class Engine:
         )
         self.stats = RunStats()
         self._text_kv_memo: dict[str, list] = {}
+
+    def _inflight_capacity(self) -> int:
+        """In-flight blocks the K/V pool must hold (a subclass that lays the tier out otherwise
+        says so here)."""
+        return steady_in_flight(self.schedule.num_steps, self.lag)
+
+    def _make_executor(self, **kwargs) -> Executor:
+        return Executor(**kwargs)
 
     @property
     def level(self) -> int:

@@ -11,13 +11,14 @@ every cascade level, and level 0 starts block b from the same noise as level 4.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..cache.pool import KVPool
-from ..models.wan_dit import CausalWanDiT, TextKV
-from ..scheduling.plan import Tick
+from ..models.wan_dit import CausalWanDiT, KVAccess, TextKV
+from ..scheduling.plan import Entry, Tick
 from ..scheduling.timesteps import Schedule, renoise
 
 
@@ -65,7 +66,7 @@ class Executor:
         # Clean latents of the committed frames, slot for slot with the K/V (for re-cache).
         self.committed_x0 = torch.zeros(self.batch, c, cap, h, w, device=self.device)
         self._t_cache: dict[tuple[int, ...], torch.Tensor] = {}
-        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
         s = self.schedule
         self._stage_t = [*s.timesteps, s.cache_timestep]
 
@@ -91,16 +92,15 @@ class Executor:
             self._t_cache[stages] = t[None].expand(self.batch, -1)  # [B, n*fpb]
         return self._t_cache[stages]
 
-    def _positions(self, first_block: int, n: int) -> torch.Tensor:
-        key = (first_block, n)
-        if key not in self._pos_cache:
+    def _positions(self, blocks: tuple[int, ...]) -> torch.Tensor:
+        """Absolute frame indices of ``blocks`` (in the given order) for RoPE: [n*fpb]."""
+        if blocks not in self._pos_cache:
             if len(self._pos_cache) > 64:
                 self._pos_cache.clear()
             fpb = self.frames_per_block
-            self._pos_cache[key] = torch.arange(
-                first_block * fpb, (first_block + n) * fpb, device=self.device
-            )
-        return self._pos_cache[key]
+            frames = [b * fpb + f for b in blocks for f in range(fpb)]
+            self._pos_cache[blocks] = torch.tensor(frames, dtype=torch.long, device=self.device)
+        return self._pos_cache[blocks]
 
     # -- ticks -----------------------------------------------------------------------------------
 
@@ -109,43 +109,60 @@ class Executor:
         """Run one tick; returns {block: clean x0 [B, C, fpb, h, w]} for blocks ready this tick."""
         entries = tick.entries
         n = len(entries)
-        states = [self.blocks.get(e.block) or self._start(e.block) for e in entries]
+        states = self.states(entries)
+        v = self.forward(entries, states, text_kv, self.pool.tick_view(n, self.causal))
+        fpb = self.frames_per_block
+        ready = {}
+        for i, (e, st) in enumerate(zip(entries, states)):
+            if e.stage == self.schedule.num_steps:  # cache step: its K/V was written clean; promote it
+                self.pool.promote(i, n, e.block * fpb)
+                self.store_committed_x0(e.block, st.x)
+                del self.blocks[e.block]
+                continue
+            x0 = self.advance(e, st, v[:, :, i * fpb : (i + 1) * fpb])
+            if x0 is not None:
+                ready[e.block] = x0
+        return ready
+
+    def states(self, entries: Sequence[Entry]) -> list[_Block]:
+        """Per-block state of ``entries``; a block at its first stage starts from its seeded noise."""
+        return [self.blocks.get(e.block) or self._start(e.block) for e in entries]
+
+    def forward(
+        self, entries: Sequence[Entry], states: list[_Block], text_kv: TextKV, view: KVAccess
+    ) -> torch.Tensor:
+        """One model call on ``entries`` (concatenated along frames): velocity [B, C, n*fpb, h, w]."""
+        n = len(entries)
         x = torch.cat([st.x for st in states], dim=2) if n > 1 else states[0].x  # [B, C, n*fpb, h, w]
         t = self._timesteps(tuple(e.stage for e in entries))  # [B, n*fpb]
-        pos = self._positions(entries[0].block, n)  # [n*fpb]
-        view = self.pool.tick_view(n, self.causal)
+        pos = self._positions(tuple(e.block for e in entries))  # [n*fpb]
         v = self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view).float()  # [B, C, n*fpb, h, w]
         self.counters.forwards += 1
         self.counters.block_forwards += n
-        return self._update(tick, states, v)
+        return v
 
-    def _update(self, tick: Tick, states: list[_Block], v: torch.Tensor) -> dict[int, torch.Tensor]:
-        sched, fpb, n = self.schedule, self.frames_per_block, len(tick.entries)
-        ready = {}
-        for i, (e, st) in enumerate(zip(tick.entries, states)):
-            if e.stage == sched.num_steps:  # cache step: its K/V was written clean; promote it
-                self._commit(i, n, e.block, st.x)
-                del self.blocks[e.block]
-                continue
-            vi = v[:, :, i * fpb : (i + 1) * fpb]  # [B, C, fpb, h, w]
-            sig, sig_next = sched.sigmas[e.stage], sched.sigmas[e.stage + 1]
-            x0 = st.x - sig * vi
-            if e.stage == sched.num_steps - 1:
-                st.x = x0  # the cache step runs on the clean prediction
-                ready[e.block] = x0
-            elif sched.sampler == "renoise":
-                st.x = renoise(x0, self._noise(st.gen), sig_next)
-            else:
-                st.x = st.x + (sig_next - sig) * vi
-        return ready
+    def advance(self, e: Entry, st: _Block, v: torch.Tensor) -> torch.Tensor | None:
+        """Sampler update of a denoising stage from its velocity v [B, C, fpb, h, w]; returns the
+        clean x0 when this was the block's last denoising step (the cache step then runs on it)."""
+        sched = self.schedule
+        sig, sig_next = sched.sigmas[e.stage], sched.sigmas[e.stage + 1]
+        x0 = st.x - sig * v
+        if e.stage == sched.num_steps - 1:
+            st.x = x0
+            return x0
+        if sched.sampler == "renoise":
+            st.x = renoise(x0, self._noise(st.gen), sig_next)
+        else:
+            st.x = st.x + (sig_next - sig) * v
+        return None
 
-    def _commit(self, index: int, n_inflight: int, block: int, x0: torch.Tensor) -> None:
+    def store_committed_x0(self, block: int, x0: torch.Tensor) -> None:
+        """Keep a committed block's clean latents slot for slot with its K/V (for re-cache).
+        Call after its K/V was promoted."""
         first = block * self.frames_per_block
         layout = self.pool.layout
-        slots = [layout.slot_for(f) for f in range(first, first + self.frames_per_block)]
-        self.pool.promote(index, n_inflight, first)
-        for j, slot in enumerate(slots):
-            self.committed_x0[:, :, slot] = x0[:, :, j]
+        for j in range(self.frames_per_block):
+            self.committed_x0[:, :, layout.slot_for(first + j)] = x0[:, :, j]
 
     @torch.no_grad()
     def recache(self, text_kv: TextKV) -> None:

@@ -1,0 +1,92 @@
+"""The engine of one rank of a temporally parallel job.
+
+``DistEngine`` is ``Engine`` with a ``DistExecutor``: the same plan, prompt switches, re-cache and
+streaming. Every rank runs ``stream`` with the same arguments; only rank 0 receives finished
+blocks, decodes them and yields them (the other ranks' streams yield nothing and end when the plan
+ends). Each stream first checks that all ranks run the same job with the same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from ..config import CascadeConfig
+from ..engine.engine import BlockOutput, Engine, PromptSwitch, Video
+from ..models.bundle import Bundle
+from ..scheduling.plan import Plan, build_plan, steady_in_flight
+from .checks import check_ranks_agree, fingerprint, weights_checksum
+from .comm import Comm
+from .executor import DistExecutor
+from .placement import max_local_bound
+
+
+class DistEngine(Engine):
+    def __init__(
+        self,
+        bundle: Bundle,
+        cascade: CascadeConfig | None,
+        comm: Comm,
+        *,
+        batch: int = 1,
+        sync_timing: bool = False,
+    ) -> None:
+        self.comm = comm
+        super().__init__(bundle, cascade, batch=batch, sync_timing=sync_timing)
+        if comm.device != bundle.device:
+            raise ValueError(f"rank {comm.rank} runs on {comm.device} but the model is on {bundle.device}")
+        self._weights: dict | None = None
+
+    @property
+    def max_local(self) -> int:
+        return max_local_bound(steady_in_flight(self.schedule.num_steps, self.lag), self.comm.world_size)
+
+    def _inflight_capacity(self) -> int:
+        n = steady_in_flight(self.schedule.num_steps, self.lag)
+        # per_tick holds the previous tick's in-flight blocks next to this rank's fresh ones.
+        return n + self.max_local if self.cascade.freshness == "per_tick" else n
+
+    def _make_executor(self, **kwargs) -> DistExecutor:
+        return DistExecutor(
+            **kwargs, comm=self.comm, freshness=self.cascade.freshness, max_local=self.max_local
+        )
+
+    def plan(self, num_blocks: int) -> Plan:
+        return build_plan(
+            num_blocks, self.schedule.num_steps, self.lag, self.cascade.attention, self.cascade.freshness
+        )
+
+    def check_ranks(
+        self, prompt: str, num_blocks: int, seed: int, switches: Sequence[PromptSwitch | tuple[int, str]]
+    ) -> None:
+        """Raise ``RankMismatchError`` on every rank unless all ranks run this very job."""
+        if self._weights is None:
+            self._weights = weights_checksum(self.bundle.dit)
+        fp = fingerprint(self, prompt, num_blocks, seed, switches, weights=self._weights)
+        check_ranks_agree(self.comm, fp)
+
+    def stream(
+        self,
+        prompt: str,
+        num_blocks: int,
+        *,
+        seed: int = 0,
+        switches: Sequence[PromptSwitch | tuple[int, str]] = (),
+    ) -> Iterator[BlockOutput]:
+        self.check_ranks(prompt, num_blocks, seed, switches)
+        yield from super().stream(prompt, num_blocks, seed=seed, switches=switches)
+        self.executor.flush()
+
+    def generate(
+        self,
+        prompt: str,
+        num_blocks: int,
+        *,
+        seed: int = 0,
+        switches: Sequence[PromptSwitch | tuple[int, str]] = (),
+    ) -> Video | None:
+        """The whole video on rank 0; None on the other ranks (after running their share)."""
+        if self.comm.is_root:
+            return super().generate(prompt, num_blocks, seed=seed, switches=switches)
+        for _ in self.stream(prompt, num_blocks, seed=seed, switches=switches):
+            pass
+        return None

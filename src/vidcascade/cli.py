@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="K/V dtype"
     )
     i.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    from .eval.cli_eval import add_eval_parser
+    from .training.cli_train import add_train_parser
+
+    add_eval_parser(sub, _add_model_args, _levels)
+    add_train_parser(sub)
     return ap
 
 
@@ -270,7 +276,26 @@ def cmd_inspect(args) -> int:
     return run_inspect(args)
 
 
-COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "bench": cmd_bench, "inspect": cmd_inspect}
+def cmd_eval(args) -> int:
+    from .eval.cli_eval import cmd_eval as run
+
+    return run(args, _load)
+
+
+def cmd_train(args) -> int:
+    from .training.cli_train import cmd_train as run
+
+    return run(args)
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "plan": cmd_plan,
+    "bench": cmd_bench,
+    "inspect": cmd_inspect,
+    "eval": cmd_eval,
+    "train": cmd_train,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,10 +41,22 @@ def random_tiny(device: torch.device | str = "cpu", seed: int = 0) -> Bundle:
     )
 
 
-BUILTIN = {"random-tiny": random_tiny}
+def _embedded(device: torch.device | str = "cpu") -> Bundle:
+    from .embedded import load_embedded
+
+    return load_embedded(device)
+
+
+BUILTIN = {"embedded": _embedded, "random-tiny": random_tiny}
 
 
 def default_model_name() -> str:
+    """The embedded model when its files are installed, else the untrained stand-in."""
+    from .embedded import embedded_available
+
+    if embedded_available():
+        return "embedded"
+    log.warning("the embedded model's files are not installed; using the untrained random-tiny model")
     return "random-tiny"
 
 

@@ -1,0 +1,61 @@
+"""``vidcascade eval``: quality of every cascade configuration on the world's prompts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_eval_parser(sub, add_model_args, levels_type) -> None:
+    e = sub.add_parser("eval", help="quality per cascade level and attention mode")
+    add_model_args(e)
+    e.add_argument("--levels", type=levels_type, default=None, help="comma-separated levels (default: all)")
+    e.add_argument("--attention", default="causal,bidirectional", help="comma-separated attention modes")
+    e.add_argument("--prompts", type=int, default=64, help="prompts x seeds per configuration")
+    e.add_argument("--blocks", type=int, default=8, help="blocks per video")
+    e.add_argument("--long-prompts", type=int, default=8, help="long videos per configuration (drift)")
+    e.add_argument("--long-blocks", type=int, default=60, help="blocks per long video")
+    e.add_argument("--no-switch-check", action="store_true", help="skip the prompt-switch check")
+    e.add_argument("--json", dest="json_path", default=None, metavar="FILE")
+
+
+def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
+    from tqdm import tqdm
+
+    from .quality import format_eval, run_eval
+    from .switch_check import format_switch, run_switch_check
+
+    modes = [m.strip() for m in args.attention.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("causal", "bidirectional"):
+            raise ValueError(f"--attention: unknown mode {m!r}; expected causal and/or bidirectional")
+    if args.prompts < 1 or args.blocks < 2:
+        raise ValueError(f"need --prompts >= 1 and --blocks >= 2, got {args.prompts}, {args.blocks}")
+    bundle = load_bundle(args)
+    levels = args.levels if args.levels is not None else list(range(bundle.sampling.num_steps + 1))
+    for lv in levels:
+        if not 0 <= lv <= bundle.sampling.num_steps:
+            raise ValueError(f"--levels: {lv} is out of range 0..{bundle.sampling.num_steps}")
+    configs = [(lv, m) for lv in levels for m in (modes if lv > 0 else modes[:1])]
+    bar = tqdm(total=1, unit="video", leave=False, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        rows = run_eval(
+            bundle, configs, args.prompts, args.blocks, args.long_prompts, args.long_blocks, progress
+        )
+    finally:
+        bar.close()
+    print(format_eval(rows, bundle.name))
+    switch_rows = []
+    if not args.no_switch_check:
+        switch_rows = run_switch_check(bundle, sorted({0, max(levels)}), modes[-1])
+        print(format_switch(switch_rows))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump({"model": bundle.name, "configs": rows, "switch": switch_rows}, f, indent=2)
+        print(f"wrote {args.json_path}")
+    return 0

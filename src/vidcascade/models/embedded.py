@@ -1,0 +1,62 @@
+"""The embedded default model: a small causal Wan DiT trained by this project on the procedural
+world (training/), shipped inside the package with its Wan-architecture VAE.
+
+Files (``vidcascade/assets/embedded``): ``model.json`` (geometry, sampling, cache, provenance),
+``dit.safetensors`` (original Wan key names), ``vae.safetensors`` (original Wan VAE names, config in
+the metadata). Text goes through MiniLM (``vidcascade[text]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import CacheConfig, ModelConfig, SamplingConfig
+from .bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
+
+
+def embedded_available(folder: Path = ASSETS) -> bool:
+    return all((folder / f).exists() for f in ("model.json", "dit.safetensors", "vae.safetensors"))
+
+
+def _tuplify(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> Bundle:
+    from safetensors.torch import load_file
+
+    from .text_minilm import MiniLMTextEncoder
+    from .vae_keys import load_wan_vae
+    from .vae_stream import VAEFrameDecoder
+    from .wan_dit import CausalWanDiT
+
+    if not embedded_available(folder):
+        raise FileNotFoundError(f"the embedded model's files are missing from {folder}")
+    meta = json.loads((folder / "model.json").read_text())
+    cfg = ModelConfig(**_tuplify(meta["model"]))
+    dit = CausalWanDiT(cfg)
+    state = load_file(str(folder / "dit.safetensors"))
+    dit.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    dit.eval().to(device)
+    vae = load_wan_vae(folder / "vae.safetensors", dtype=torch.float32, device=device)
+    text = MiniLMTextEncoder.from_package(text_len=cfg.text_len, device=device)
+    return Bundle(
+        name="embedded",
+        dit=dit,
+        text_encoder=text,
+        make_decoder=lambda: VAEFrameDecoder(vae, frames_per_pass=meta.get("decode_frames_per_pass", 3)),
+        sampling=SamplingConfig(**_tuplify(meta["sampling"])),
+        cache=CacheConfig(**meta["cache"]),
+        latent_hw=tuple(meta["latent_hw"]),
+        fps=float(meta["fps"]),
+        trained=True,
+        description=meta.get("description", "embedded model"),
+    )

@@ -1,0 +1,94 @@
+"""``vidcascade train``: the embedded model's reproducible, resumable training pipeline.
+
+Stages (each resumes from its checkpoint in the run folder, so the command can be re-run after an
+interruption): ``vae`` -> ``data`` (encode world clips once) -> ``dit`` -> ``export`` (write the
+package's embedded model). ``all`` runs whatever is not finished yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_train_parser(sub) -> None:
+    t = sub.add_parser("train", help="train the embedded model (resumable)")
+    t.add_argument("stage", choices=["vae", "data", "dit", "export", "all"])
+    t.add_argument("--run", default="runs/embedded", help="run folder (checkpoints, data)")
+    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget for this call (vae/dit)")
+    t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument("--dit-steps", type=int, default=None)
+    t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    t.add_argument("--dest", default=None, help="export destination (default: the package's assets)")
+
+
+def _step_of(ckpt: Path) -> int:
+    import torch
+
+    if not ckpt.exists():
+        return 0
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .dit_train import DiTTrainConfig, train_dit
+    from .latent_data import DataConfig, build_latent_data
+    from .vae_train import VAETrainConfig, train_vae
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    vcfg = VAETrainConfig(seed=args.seed)
+    if args.vae_steps:
+        vcfg = dataclasses.replace(vcfg, steps=args.vae_steps)
+    dcfg = DataConfig()
+    if args.clips:
+        dcfg = dataclasses.replace(dcfg, clips=args.clips)
+    tcfg = DiTTrainConfig(seed=args.seed)
+    if args.dit_steps:
+        tcfg = dataclasses.replace(tcfg, steps=args.dit_steps)
+    stages = ["vae", "data", "dit", "export"] if args.stage == "all" else [args.stage]
+    data_path = run / "latents.pt"
+    for stage in stages:
+        if stage == "vae":
+            if (
+                args.stage == "all"
+                and (run / "vae.safetensors").exists()
+                and _step_of(run / "vae_ckpt.pt") >= vcfg.steps
+            ):
+                log.info("vae: done")
+                continue
+            train_vae(run, vcfg, args.minutes)
+            if _step_of(run / "vae_ckpt.pt") < vcfg.steps:
+                return 0  # budget used up; run again to resume
+        elif stage == "data":
+            if args.stage == "all" and data_path.exists():
+                log.info("data: done")
+                continue
+            from ..models.text_minilm import MiniLMTextEncoder
+            from ..models.vae_keys import load_wan_vae
+
+            vae = load_wan_vae(run / "vae.safetensors", dtype=torch.float32)
+            build_latent_data(vae, MiniLMTextEncoder.from_package(text_len=32), data_path, dcfg)
+        elif stage == "dit":
+            if args.stage == "all" and _step_of(run / "dit_ckpt.pt") >= tcfg.steps:
+                log.info("dit: done")
+                continue
+            train_dit(data_path, run, tcfg, args.minutes)
+            if _step_of(run / "dit_ckpt.pt") < tcfg.steps:
+                return 0
+        else:
+            from .export import export_embedded
+
+            kw = {"dest": Path(args.dest)} if args.dest else {}
+            export_embedded(run, **kw)
+    return 0

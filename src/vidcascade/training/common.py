@@ -1,0 +1,105 @@
+"""Pieces shared by the trainers: seeded rendering of world clips, checkpoints, a progress bar, EMA."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..world import render, sample_spec
+
+log = logging.getLogger(__name__)
+
+
+def render_batch(
+    rng: np.random.Generator,
+    batch: int,
+    frames: int,
+    size: int = 64,
+    max_offset: int = 0,
+    two_object_prob: float = 0.5,
+) -> np.ndarray:
+    """uint8 [B, T, H, W, 3] of random scenes, each starting at a random frame in [0, max_offset]."""
+    out = np.empty((batch, frames, size, size, 3), dtype=np.uint8)
+    for i in range(batch):
+        spec = sample_spec(rng, two_object_prob)
+        off = int(rng.integers(0, max_offset + 1)) if max_offset else 0
+        out[i] = render(spec, off + frames, size)[off:]
+    return out
+
+
+def to_video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1]."""
+    x = torch.from_numpy(frames).float().div_(127.5).sub_(1.0)
+    return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (kept in fp32)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # Warm-up: early averages would otherwise be dominated by the random init.
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """Atomic save: a run cut off mid-write leaves the previous checkpoint intact."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class Progress:
+    """tqdm bar with a wall-clock budget: ``for step in Progress(...)`` stops at steps or minutes."""
+
+    def __init__(self, start: int, total: int, minutes: float | None, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.step, self.total = start, total
+        self.deadline = time.time() + 60 * minutes if minutes else None
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True, mininterval=5)
+
+    def __iter__(self) -> Iterator[int]:
+        while self.step < self.total:
+            if self.deadline and time.time() > self.deadline:
+                log.info("time budget reached at step %d", self.step)
+                break
+            yield self.step
+            self.step += 1
+            self.bar.update(1)
+        self.bar.close()
+
+    def post(self, **kw: float) -> None:
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in kw.items()}, refresh=False)

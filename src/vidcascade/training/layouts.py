@@ -1,0 +1,124 @@
+"""What one training step shows the DiT: which blocks are clean context, which are noisy, at which
+noise levels, who attends to whom, and at which frame positions.
+
+The model must handle every situation the engine puts it in, so the layouts mix:
+
+- *single*: committed clean context, then one noisy block (the sequential pipeline, diffusion
+  forcing style: schedule sigmas or a continuous shifted sigma);
+- *tick*: a cascade tick: committed clean context, then in-flight blocks at staggered stages of
+  the 4-step schedule (lag 1..4), the oldest possibly at its cache step (clean, t = 0), attending
+  to each other causally or bidirectionally;
+- *forcing*: several noisy blocks at independent levels (plain diffusion forcing).
+
+Context sometimes includes a *sink*: the clip's first block at positions 0..2 followed, after a gap
+of unseen frames, by recent blocks, as the rolling cache holds it deep into a long video.
+Layouts are pure data (numpy only); the trainer turns them into tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layout:
+    clip_blocks: tuple[int, ...]
+    """Clip block index of each sequence block, in sequence order."""
+    positions: tuple[int, ...]
+    """RoPE frame position of each sequence block's first frame."""
+    sigmas: tuple[tuple[float, ...], ...]
+    """Per sequence block, per batch sample: noise level (0 = clean context)."""
+    loss: tuple[bool, ...]
+    """Per sequence block: whether its prediction is trained."""
+    n_context: int
+    """Leading blocks that are committed clean context (block-causal among themselves)."""
+    bidirectional: bool
+    """Whether the in-flight blocks (after the context) see each other in both directions."""
+    style: str
+
+
+def shifted(u: np.ndarray | float, shift: float) -> np.ndarray | float:
+    return shift * u / (1 + (shift - 1) * u)
+
+
+@dataclass(frozen=True)
+class LayoutSampler:
+    schedule_sigmas: tuple[float, ...] = (1.0, 0.9, 0.75, 0.5)
+    """The inference schedule (4 steps at shift 3, warped)."""
+    clip_blocks: int = 16
+    frames_per_block: int = 3
+    max_blocks: int = 7
+    max_gap_frames: int = 150
+    shift: float = 3.0
+
+    def _sigma(self, rng: np.random.Generator, batch: int, stage: int | None) -> tuple[float, ...]:
+        """Noise per sample. At a schedule stage: mostly its exact sigma, else a level between the
+        midpoints to its neighbours (so staggered stages stay ordered). Free: a schedule sigma or a
+        continuous shifted one."""
+        sched = self.schedule_sigmas
+        out = []
+        for _ in range(batch):
+            if stage is not None:
+                if rng.random() < 0.75:
+                    out.append(sched[stage])
+                else:
+                    hi = 1.0 if stage == 0 else (sched[stage] + sched[stage - 1]) / 2
+                    lo = (
+                        sched[stage] / 2 if stage + 1 == len(sched) else (sched[stage] + sched[stage + 1]) / 2
+                    )
+                    out.append(float(rng.uniform(lo, hi)))
+            elif rng.random() < 0.5:
+                out.append(sched[int(rng.integers(len(sched)))])
+            else:
+                out.append(float(shifted(rng.uniform(0.02, 1.0), self.shift)))
+        return tuple(out)
+
+    def sample(self, rng: np.random.Generator, batch_for) -> Layout:
+        """A random layout; ``batch_for(num_blocks)`` picks the batch size once the length is known."""
+        steps = len(self.schedule_sigmas)
+        style = str(rng.choice(["single", "tick", "forcing"], p=[0.35, 0.45, 0.20]))
+        n_ctx = int(rng.choice(5, p=[0.3, 0.2, 0.2, 0.15, 0.15]))
+        # Stage of each noisy block: an int (schedule stage, S = clean cache step) or None (free level).
+        if style == "single":
+            stages: list[int | None] = [None]
+        elif style == "tick":
+            lag = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.2, 0.2, 0.2]))
+            oldest = int(rng.integers(lag, steps + 1))  # stage of the oldest in-flight block
+            stages = [oldest - i * lag for i in range(oldest // lag + 1)][:5]
+        else:
+            stages = [None] * int(rng.integers(2, 4))
+        n_ctx = min(n_ctx, self.max_blocks - len(stages))
+        nb = n_ctx + len(stages)
+        batch = int(batch_for(nb))
+        sig = [(0.0,) * batch if s == steps else self._sigma(rng, batch, s) for s in stages]
+        loss = [s != steps for s in stages]
+        bidirectional = len(stages) > 1 and style != "forcing" and rng.random() < 0.45
+        fpb = self.frames_per_block
+        if n_ctx >= 2 and rng.random() < 0.5:
+            # Sink block 0, then nb-1 consecutive later blocks, after a gap of unseen frames.
+            first = int(rng.integers(1, self.clip_blocks - (nb - 1) + 1))
+            blocks = (0, *range(first, first + nb - 1))
+            gap = fpb * int(rng.integers(0, self.max_gap_frames // fpb + 1))
+            positions = (0, *(b * fpb + gap for b in blocks[1:]))
+        else:
+            first = int(rng.integers(0, self.clip_blocks - nb + 1))
+            blocks = tuple(range(first, first + nb))
+            positions = tuple(b * fpb for b in blocks)
+        sigmas = ((0.0,) * batch,) * n_ctx + tuple(sig)
+        return Layout(blocks, positions, sigmas, (False,) * n_ctx + tuple(loss), n_ctx, bidirectional, style)
+
+
+def layout_mask(layout: Layout, tokens_per_block: int) -> np.ndarray:
+    """[N, N] bool (True = attend): context block-causal; in-flight blocks see all context and each
+    other causally or bidirectionally."""
+    nb = len(layout.clip_blocks)
+    allow = np.zeros((nb, nb), dtype=bool)
+    for q in range(nb):
+        for k in range(nb):
+            if k <= q:
+                allow[q, k] = True
+            elif q >= layout.n_context and layout.bidirectional:
+                allow[q, k] = True
+    return np.repeat(np.repeat(allow, tokens_per_block, axis=0), tokens_per_block, axis=1)

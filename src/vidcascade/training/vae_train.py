@@ -1,0 +1,150 @@
+"""Train the embedded model's video VAE on the procedural world.
+
+The VAE is the Wan2.1 architecture (models/wan_vae.py) at a tiny configuration with no temporal
+compression: 64x64x3 frames -> 8x8x8 latents, so that the DiT sees 16 tokens per frame with 2x2
+patches (reference/embedded-model-notes.md: this latent recipe learnt motion where 64-token pixel
+patches did not). Deterministic autoencoder: the posterior mean is used, with a small L2 penalty
+and Gaussian noise on the latent before decoding, so the decoder tolerates imperfect latents from
+the diffusion model. Object pixels are weighted up: they are a small part of each frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.wan_vae import WanVAE, WanVAEConfig
+from ..models.wan_vae_blocks import CausalState
+from .common import EMA, Progress, cosine_lr, load_checkpoint, render_batch, save_checkpoint, to_video_tensor
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_VAE = WanVAEConfig(
+    base_dim=8, z_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1, temporal_downsample=(False, False, False)
+)
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    steps: int = 1200
+    batch: int = 12
+    """Clips per step."""
+    frames: int = 4
+    """Frames per clip (the causal convolutions see their past inside a clip)."""
+    lr: float = 2e-3
+    warmup: int = 50
+    latent_l2: float = 1e-3
+    latent_noise: float = 0.1
+    object_weight: float = 10.0
+    ema: float = 0.995
+    burn_in_max: int = 12
+    """Up to this many frames run without gradients first, so the causal convolutions are trained
+    from the warm state they have deep into a stream, not only from a fresh start."""
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        for f in ("steps", "batch", "frames", "checkpoint_every"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+
+
+def _recon_loss(y: torch.Tensor, x: torch.Tensor, object_weight: float) -> torch.Tensor:
+    # Background channels are <= 40/255: anything clearly brighter belongs to an object.
+    obj = (x.amax(dim=1, keepdim=True) > -0.55).float()  # [B, 1, T, H, W]
+    w = 1.0 + (object_weight - 1.0) * obj
+    d = y - x
+    return (w * (d.square() + 0.5 * d.abs())).mean()
+
+
+def vae_step(vae: WanVAE, x: torch.Tensor, cfg: VAETrainConfig, burn_in: int = 0):
+    """x [B, 3, burn_in + frames, H, W]; the first ``burn_in`` frames only warm the causal state."""
+    enc, dec = CausalState(), CausalState()
+    if burn_in:
+        with torch.no_grad():
+            moments, enc = vae.encode_step(x[:, :, :burn_in], enc)
+            _, dec = vae.decode_step(moments.chunk(2, dim=1)[0], dec, frames_per_pass=burn_in)
+        x = x[:, :, burn_in:]
+    moments, _ = vae.encode_step(x, enc)  # [B, 2z, T, h, w]; stride 1: any T in one pass
+    mu = moments.chunk(2, dim=1)[0]  # [B, z, T, h, w]
+    z = mu + cfg.latent_noise * torch.randn_like(mu)
+    y, _ = vae.decode_step(z, dec, frames_per_pass=x.shape[2])
+    rec = _recon_loss(y, x, cfg.object_weight)
+    l2 = mu.square().mean()
+    return rec + cfg.latent_l2 * l2, {"rec": rec.item(), "mu2": l2.item()}
+
+
+@torch.no_grad()
+def latent_stats(vae: WanVAE, rng: np.random.Generator, clips: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior mean over random clips (for normalize())."""
+    mus = []
+    for _ in range(clips // 32):
+        x = to_video_tensor(render_batch(rng, 32, 4, max_offset=40))
+        mus.append(vae.encode_step(x, CausalState())[0].chunk(2, dim=1)[0])
+    mu = torch.cat(mus).transpose(0, 1).reshape(vae.config.z_dim, -1)
+    return mu.mean(1).tolist(), mu.std(1).tolist()
+
+
+def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) -> Path:
+    """Train (or resume) into out_dir/vae_ckpt.pt; returns the path of the finished VAE safetensors."""
+    from ..models.vae_keys import save_wan_vae
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "vae_ckpt.pt"
+    torch.manual_seed(cfg.seed)
+    vae = WanVAE(EMBEDDED_VAE)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = EMA(vae, cfg.ema)
+    rng = np.random.default_rng(cfg.seed)
+    start = 0
+    if (ck := load_checkpoint(ckpt_path)) is not None:
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        ema.shadow = ck["ema"]
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        start = ck["step"]
+        log.info("resuming VAE training at step %d", start)
+    vae.train()
+    prog = Progress(start, cfg.steps, minutes, "vae")
+    for step in prog:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        burn = int(rng.integers(0, cfg.burn_in_max + 1)) if rng.random() < 0.75 else 0
+        x = to_video_tensor(render_batch(rng, cfg.batch, burn + cfg.frames, max_offset=60))
+        loss, parts = vae_step(vae, x, cfg, burn)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        ema.update(vae, step)
+        prog.post(loss=loss.item(), **parts)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(
+                ckpt_path,
+                model=vae.state_dict(),
+                opt=opt.state_dict(),
+                ema=ema.state_dict(),
+                rng=rng.bit_generator.state,
+                torch_rng=torch.get_rng_state(),
+                step=step + 1,
+                config=dataclasses.asdict(cfg),
+            )
+    if prog.step < cfg.steps:
+        log.info("stopped at step %d of %d; run again to resume", prog.step, cfg.steps)
+    final = WanVAE(EMBEDDED_VAE)
+    final.load_state_dict({k: v for k, v in ema.state_dict().items()})
+    final.eval()
+    mean, std = latent_stats(final, np.random.default_rng(cfg.seed + 1))
+    cfg_norm = dataclasses.replace(EMBEDDED_VAE, latents_mean=tuple(mean), latents_std=tuple(std))
+    vae_out = WanVAE(cfg_norm)
+    vae_out.load_state_dict(final.state_dict())
+    path = out_dir / "vae.safetensors"
+    save_wan_vae(vae_out.eval(), path)
+    log.info("wrote %s (step %d); latent std %s", path, prog.step, [round(s, 3) for s in std])
+    return path

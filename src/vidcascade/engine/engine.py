@@ -170,6 +170,12 @@ class Engine:
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
         if not isinstance(num_blocks, int) or num_blocks < 1:
             raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+        frames = num_blocks * self.bundle.sampling.frames_per_block
+        if frames > self.bundle.dit.cfg.rope_max_frames:
+            raise ValueError(
+                f"{num_blocks} blocks are {frames} latent frames, beyond the model's RoPE table of "
+                f"{self.bundle.dit.cfg.rope_max_frames} frame positions"
+            )
         sw = [s if isinstance(s, PromptSwitch) else PromptSwitch(*s) for s in switches]
         by_block = {}
         for s in sw:

@@ -46,7 +46,9 @@ class RopeTables:
 
     def cos_sin(self, frame_pos: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [F*H*W, head_dim/2] for tokens in (frame, row, column) order."""
-        if frame_pos.numel() and int(frame_pos.max()) >= self.max_len:
+        # Checked on the CPU only: on a GPU it would be a host sync every forward (the engine
+        # checks the video length against the table before it starts).
+        if frame_pos.device.type == "cpu" and frame_pos.numel() and int(frame_pos.max()) >= self.max_len:
             raise ValueError(
                 f"frame position {int(frame_pos.max())} is beyond the RoPE table of {self.max_len} "
                 "positions; raise ModelConfig.rope_max_frames or use a rolling cache with fewer frames"

@@ -19,7 +19,7 @@ import torch
 from ..cache.pool import KVPool
 from ..models.wan_dit import CausalWanDiT, KVAccess, TextKV
 from ..scheduling.plan import Entry, Tick
-from ..scheduling.timesteps import Schedule, renoise
+from ..scheduling.timesteps import Schedule, euler_step, renoise, x0_from_velocity
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -146,14 +146,13 @@ class Executor:
         clean x0 when this was the block's last denoising step (the cache step then runs on it)."""
         sched = self.schedule
         sig, sig_next = sched.sigmas[e.stage], sched.sigmas[e.stage + 1]
-        x0 = st.x - sig * v
         if e.stage == sched.num_steps - 1:
-            st.x = x0
-            return x0
+            st.x = x0_from_velocity(st.x, v, sig)
+            return st.x
         if sched.sampler == "renoise":
-            st.x = renoise(x0, self._noise(st.gen), sig_next)
+            st.x = renoise(x0_from_velocity(st.x, v, sig), self._noise(st.gen), sig_next)
         else:
-            st.x = st.x + (sig_next - sig) * v
+            st.x = euler_step(st.x, v, sig, sig_next)
         return None
 
     def store_committed_x0(self, block: int, x0: torch.Tensor) -> None:

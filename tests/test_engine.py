@@ -250,3 +250,39 @@ def test_engine_rejects_bad_arguments(micro_bundle):
         eng.generate("p", 0)
     with pytest.raises(ValueError, match="beyond the model's RoPE table of 1024"):
         eng.generate("p", 600)
+
+
+@torch.no_grad()
+def test_guidance_equals_two_separate_branches():
+    """CFG: the doubled batch with one pool equals two separately cached branches combined."""
+    g = 2.5
+    bundle = make_bundle(sampling=SamplingConfig(shift=3.0, frames_per_block=2, sampler="euler", guidance=g))
+    model, fpb = bundle.dit, 2
+    got = Engine(bundle, CascadeConfig(level=0)).generate("a red ball", 3, seed=4).latents
+    sched = make_schedule(bundle.sampling)
+    ctx = bundle.text_encoder.encode(["a red ball"])
+    branches = {"text": model.text_kv(ctx), "empty": model.text_kv(torch.zeros_like(ctx))}
+    committed = {k: [] for k in branches}
+    out = []
+    for b in range(3):
+        gen = torch.Generator().manual_seed(block_seed(4, b))
+        x = _noise(gen, bundle)
+        pos = torch.arange(b * fpb, (b + 1) * fpb)
+        for k, t in enumerate(sched.timesteps):
+            tt = torch.full((1, fpb), t)
+            v = {
+                n: model(x, tt, text_kv=kv, frame_pos=pos, kv=PlainKV(committed[n]))
+                for n, kv in branches.items()
+            }
+            v = v["empty"] + g * (v["text"] - v["empty"])
+            x = x + (sched.sigmas[k + 1] - sched.sigmas[k]) * v
+        for n, kv in branches.items():
+            cap = []
+            model(x, torch.zeros(1, fpb), text_kv=kv, frame_pos=pos, kv=PlainKV(committed[n], capture=cap))
+            committed[n].append(cap)
+        out.append(x)
+    torch.testing.assert_close(got, torch.cat(out, 2), rtol=1e-5, atol=1e-5)
+    unguided = make_bundle(sampling=SamplingConfig(shift=3.0, frames_per_block=2, sampler="euler"))
+    assert (
+        Engine(unguided, CascadeConfig(level=0)).generate("a red ball", 3, seed=4).latents - got
+    ).abs().max() > 1e-3

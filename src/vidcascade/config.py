@@ -153,6 +153,9 @@ class SamplingConfig:
     """renoise: x0 re-noised with fresh noise (Self-Forcing); euler: deterministic flow ODE."""
     num_train_timesteps: int = 1000
     """Length of the training timestep table."""
+    guidance: float = 1.0
+    """Classifier-free guidance scale; 1 = off. Above 1 every forward also runs the empty context
+    (its own K/V cache), and v = v_empty + guidance * (v_text - v_empty)."""
 
     def __post_init__(self) -> None:
         _check(len(self.steps) >= 1, "steps must list at least one timestep")
@@ -175,6 +178,7 @@ class SamplingConfig:
             f"context_noise must be in [0, {self.num_train_timesteps}), got {self.context_noise}",
         )
         _choice("sampler", self.sampler, ("renoise", "euler"))
+        _check(self.guidance >= 1.0, f"guidance must be >= 1 (1 = off), got {self.guidance}")
 
     @property
     def num_steps(self) -> int:

@@ -109,9 +109,10 @@ class Engine:
         h, w = bundle.latent_hw
         fpb = bundle.sampling.frames_per_block
         dtype = bundle.dit.patch_embedding.weight.dtype
+        guidance = bundle.sampling.guidance
         self.pool = KVPool(
             num_layers=cfg.num_layers,
-            batch=batch,
+            batch=batch * (2 if guidance != 1.0 else 1),  # guidance: text and empty context
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
             tokens_per_frame=bundle.dit.tokens_per_frame(h, w),
@@ -130,6 +131,7 @@ class Engine:
             frames_per_block=fpb,
             batch=batch,
             causal=self.cascade.attention == "causal",
+            guidance=guidance,
         )
         self.stats = RunStats()
         self._text_kv_memo: dict[str, list] = {}
@@ -154,8 +156,14 @@ class Engine:
             if len(self._text_kv_memo) > 32:
                 self._text_kv_memo.clear()
             ctx = self.bundle.text_encoder.encode([prompt]).to(self.bundle.device)
+            if self.bundle.sampling.guidance != 1.0:
+                # The empty context is all-zero text states, as the model saw under text dropout.
+                ctx = torch.cat([ctx, torch.zeros_like(ctx)])
             with torch.no_grad():
-                self._text_kv_memo[prompt] = self.bundle.dit.text_kv(ctx)
+                kv = self.bundle.dit.text_kv(ctx)  # [2, ...] under guidance: text, then empty
+            if self.batch > 1:
+                kv = [tuple(t.repeat_interleave(self.batch, 0) for t in layer) for layer in kv]
+            self._text_kv_memo[prompt] = kv
         return self._text_kv_memo[prompt]
 
     def stream(

@@ -56,6 +56,8 @@ class Executor:
     batch: int = 1
     seed: int = 0
     causal: bool = True
+    guidance: float = 1.0
+    """Classifier-free guidance: the model runs on a doubled batch (text, empty context)."""
     counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,7 @@ class Executor:
         cap = self.pool.layout.capacity
         # Clean latents of the committed frames, slot for slot with the K/V (for re-cache).
         self.committed_x0 = torch.zeros(self.batch, c, cap, h, w, device=self.device)
+        self.model_batch = self.batch * (2 if self.guided else 1)
         self._t_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
         s = self.schedule
@@ -89,7 +92,7 @@ class Executor:
         if stages not in self._t_cache:
             per_frame = [self._stage_t[s] for s in stages for _ in range(self.frames_per_block)]
             t = torch.tensor(per_frame, dtype=torch.float32, device=self.device)
-            self._t_cache[stages] = t[None].expand(self.batch, -1)  # [B, n*fpb]
+            self._t_cache[stages] = t[None].expand(self.model_batch, -1)  # [B, n*fpb]
         return self._t_cache[stages]
 
     def _positions(self, blocks: tuple[int, ...]) -> torch.Tensor:
@@ -136,10 +139,23 @@ class Executor:
         x = torch.cat([st.x for st in states], dim=2) if n > 1 else states[0].x  # [B, C, n*fpb, h, w]
         t = self._timesteps(tuple(e.stage for e in entries))  # [B, n*fpb]
         pos = self._positions(tuple(e.block for e in entries))  # [n*fpb]
-        v = self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view).float()  # [B, C, n*fpb, h, w]
+        v = self._guided(x, t, text_kv, pos, view)  # [B, C, n*fpb, h, w]
         self.counters.forwards += 1
         self.counters.block_forwards += n
         return v
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance != 1.0
+
+    def _guided(self, x, t, text_kv: TextKV, pos, view) -> torch.Tensor:
+        """The model's velocity, with classifier-free guidance when enabled (text_kv then holds
+        the text and the empty context stacked along the batch)."""
+        if not self.guided:
+            return self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view).float()
+        v = self.model(torch.cat([x, x]), t, text_kv=text_kv, frame_pos=pos, kv=view).float()
+        v_text, v_empty = v.chunk(2)
+        return v_empty + self.guidance * (v_text - v_empty)
 
     def advance(self, e: Entry, st: _Block, v: torch.Tensor) -> torch.Tensor | None:
         """Sampler update of a denoising stage from its velocity v [B, C, fpb, h, w]; returns the
@@ -171,7 +187,9 @@ class Executor:
             return
         nslots = len(frames)
         x = self.committed_x0[:, :, :nslots]  # [B, C, n, h, w]
-        t = torch.full((self.batch, nslots), self.schedule.cache_timestep, device=self.device)
+        if self.guided:
+            x = torch.cat([x, x])
+        t = torch.full((self.model_batch, nslots), self.schedule.cache_timestep, device=self.device)
         pos = torch.tensor(frames, device=self.device)
         self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=self.pool.recache_view())
         self.counters.forwards += 1

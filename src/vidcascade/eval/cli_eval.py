@@ -11,6 +11,11 @@ def add_eval_parser(sub, add_model_args, levels_type) -> None:
     add_model_args(e)
     e.add_argument("--levels", type=levels_type, default=None, help="comma-separated levels (default: all)")
     e.add_argument("--attention", default="causal,bidirectional", help="comma-separated attention modes")
+    e.add_argument(
+        "--freshness",
+        default="joint",
+        help="comma-separated in-flight K/V freshness: joint and/or per_tick (stale by a tick)",
+    )
     e.add_argument("--prompts", type=int, default=64, help="prompts x seeds per configuration")
     e.add_argument("--blocks", type=int, default=8, help="blocks per video")
     e.add_argument("--long-prompts", type=int, default=8, help="long videos per configuration (drift)")
@@ -36,7 +41,17 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
     for lv in levels:
         if not 0 <= lv <= bundle.sampling.num_steps:
             raise ValueError(f"--levels: {lv} is out of range 0..{bundle.sampling.num_steps}")
-    configs = [(lv, m) for lv in levels for m in (modes if lv > 0 else modes[:1])]
+    fresh = [f.strip() for f in args.freshness.split(",") if f.strip()]
+    for f in fresh:
+        if f not in ("joint", "per_tick"):
+            raise ValueError(f"--freshness: unknown mode {f!r}; expected joint and/or per_tick")
+    configs = [
+        (lv, m, f)
+        for f in fresh
+        for lv in levels
+        for m in (modes if lv > 0 else modes[:1])
+        if not (lv == 0 and f == "per_tick")
+    ]
     bar = tqdm(total=1, unit="video", leave=False, disable=None)
 
     def progress(done: int, total: int) -> None:

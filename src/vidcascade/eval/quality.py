@@ -91,34 +91,47 @@ def _drift(engine: Engine, items: list[EvalItem], blocks: int, fpb: int) -> dict
     }
 
 
+def make_engine(bundle: Bundle, level: int, attention: str, freshness: str = "joint") -> Engine:
+    """joint runs the plain engine; per_tick (stale in-flight K/V) runs the distributed engine as a
+    single rank, whose results do not depend on the number of ranks."""
+    cascade = CascadeConfig(level=level, attention=attention, freshness=freshness)
+    if freshness == "joint":
+        return Engine(bundle, cascade)
+    from ..distributed.comm import init_comm
+    from ..distributed.engine import DistEngine
+
+    return DistEngine(bundle, cascade, init_comm(bundle.device, rank=0, world_size=1))
+
+
 def run_eval(
     bundle: Bundle,
-    configs: list[tuple[int, str]],
+    configs: list[tuple[int, str] | tuple[int, str, str]],
     prompts: int = 64,
     blocks: int = 8,
     long_prompts: int = 8,
     long_blocks: int = 60,
     progress=None,
 ) -> list[dict]:
-    """One row per (level, attention)."""
+    """One row per (level, attention[, freshness])."""
+    configs = [(c[0], c[1], c[2] if len(c) > 2 else "joint") for c in configs]
     items = eval_items(prompts)
     fpb_frames = None
     ref_frames: dict[int, np.ndarray] = {}
     rows = []
     order = sorted(configs, key=lambda c: (c[0] != 0, c))  # level 0 first: the PSNR/SSIM reference
-    if not any(lv == 0 for lv, _ in order):
-        order = [(0, "causal"), *order]
+    if not any(c[0] == 0 and c[2] == "joint" for c in order):
+        order = [(0, "causal", "joint"), *order]
     total = len(order) * (len(items) + long_prompts)
     done = 0
-    for level, attention in order:
-        engine = Engine(bundle, CascadeConfig(level=level, attention=attention))
+    for level, attention, freshness in order:
+        engine = make_engine(bundle, level, attention, freshness)
         per, ps, ss = [], [], []
         for k, it in enumerate(items):
             video = engine.generate(it.prompt, blocks, seed=it.seed)
             frames = video.frames[0]
             fpb_frames = fpb_frames or frames.shape[0] // blocks
             per.append(_scores(frames, it.attrs, fpb_frames))
-            if level == 0:
+            if level == 0 and freshness == "joint":
                 ref_frames[k] = frames
             ps.append(psnr(frames, ref_frames[k]))
             ss.append(ssim(frames, ref_frames[k]))
@@ -128,6 +141,7 @@ def run_eval(
         row = {
             "level": level,
             "attention": attention,
+            "freshness": freshness,
             "lag": engine.lag,
             "prompts": len(items),
             "blocks": blocks,
@@ -140,12 +154,13 @@ def run_eval(
             done += long_prompts
             if progress:
                 progress(done, total)
-        if (level, attention) in configs:
+        if (level, attention, freshness) in configs:
             rows.append(row)
         log.info(
-            "eval P%d %s: %s",
+            "eval P%d %s %s: %s",
             level,
             attention,
+            freshness,
             {k: round(v, 3) for k, v in row.items() if isinstance(v, float)},
         )
     return rows
@@ -155,6 +170,7 @@ def format_eval(rows: list[dict], model: str) -> str:
     cols = [
         ("level", "P{}"),
         ("attention", "{}"),
+        ("freshness", "{}"),
         ("color_acc", "{:.3f}"),
         ("shape_acc", "{:.3f}"),
         ("motion_acc", "{:.3f}"),

@@ -37,6 +37,8 @@ class DiTTrainConfig:
     ema: float = 0.999
     seed: int = 0
     checkpoint_every: int = 100
+    text_dropout: float = 0.1
+    """Share of samples trained without text (zero context), for classifier-free guidance."""
     bf16: bool = True
     """bf16 autocast (fast on CPUs with AVX512-BF16 / AMX)."""
 
@@ -49,11 +51,14 @@ class DiTTrainConfig:
 class Batcher:
     """Turns layouts into tensors from the encoded clips."""
 
-    def __init__(self, data: dict, tokens_per_frame: int, frames_per_block: int = 3) -> None:
+    def __init__(
+        self, data: dict, tokens_per_frame: int, frames_per_block: int = 3, text_dropout: float = 0.0
+    ) -> None:
         self.latents = data["latents"]  # fp16 [N, z, T, h, w]
         self.text = data["text"]  # fp16 [N, P, L, D]
         self.tpf = tokens_per_frame
         self.fpb = frames_per_block
+        self.text_dropout = text_dropout
 
     def make(self, rng: np.random.Generator, layout, batch: int):
         n, p = self.text.shape[:2]
@@ -63,6 +68,8 @@ class Batcher:
         frames = torch.cat([torch.arange(b * fpb, (b + 1) * fpb) for b in layout.clip_blocks])
         x0 = self.latents[idx][:, :, frames].float()  # [B, z, F, h, w]
         ctx = self.text[idx, cap].float()  # [B, L, D]
+        if self.text_dropout:
+            ctx[torch.from_numpy(rng.random(batch) < self.text_dropout)] = 0.0
         sig = torch.tensor(layout.sigmas, dtype=torch.float32).T.repeat_interleave(fpb, dim=1)  # [B, F]
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         eps = torch.randn(x0.shape, generator=gen)
@@ -104,7 +111,7 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
         start = ck["step"]
         log.info("resuming DiT training at step %d", start)
     h = data["latents"].shape[-1]
-    batcher = Batcher(data, model.tokens_per_frame(h, h))
+    batcher = Batcher(data, model.tokens_per_frame(h, h), text_dropout=cfg.text_dropout)
     sampler = LayoutSampler(clip_blocks=data["latents"].shape[2] // 3)
     model.train()
     prog = Progress(start, cfg.steps, minutes, "dit")

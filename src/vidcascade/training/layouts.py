@@ -52,6 +52,10 @@ class LayoutSampler:
     max_blocks: int = 7
     max_gap_frames: int = 150
     shift: float = 3.0
+    start_prob: float = 0.5
+    """Share of sink-less layouts that begin at the clip's first block: the only place where the
+    caption's motion is certain (later blocks may follow a bounce) and where block 0 of a video
+    starts, from text alone."""
 
     def _sigma(self, rng: np.random.Generator, batch: int, stage: int | None) -> tuple[float, ...]:
         """Noise per sample. At a schedule stage: mostly its exact sigma, else a level between the
@@ -103,7 +107,7 @@ class LayoutSampler:
             gap = fpb * int(rng.integers(0, self.max_gap_frames // fpb + 1))
             positions = (0, *(b * fpb + gap for b in blocks[1:]))
         else:
-            first = int(rng.integers(0, self.clip_blocks - nb + 1))
+            first = 0 if rng.random() < self.start_prob else int(rng.integers(0, self.clip_blocks - nb + 1))
             blocks = tuple(range(first, first + nb))
             positions = tuple(b * fpb for b in blocks)
         sigmas = ((0.0,) * batch,) * n_ctx + tuple(sig)

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from _micro import make_bundle
 from vidcascade.cli import main
-from vidcascade.config import CacheConfig, CascadeConfig
+from vidcascade.config import CacheConfig, CascadeConfig, SamplingConfig
 from vidcascade.distributed.checks import compare_fingerprints
 from vidcascade.distributed.comm import Comm
 from vidcascade.distributed.engine import DistEngine
@@ -51,7 +51,16 @@ SCENARIOS = {
         dict(level=4, attention="causal", freshness="per_tick", switch_mode="recache"),
         ((5, "a red ball"),),
     ),
+    # Classifier-free guidance doubles the batch inside the pool and the exchanges.
+    "guided_joint_P4": (dict(level=4, attention="bidirectional"), ()),
+    "guided_per_tick_recache_P4": (dict(level=4, freshness="per_tick", switch_mode="recache"), ((5, "red"),)),
 }
+
+
+def _bundle_for(name: str):
+    if name.startswith("guided"):
+        return make_bundle(cache=CACHE, sampling=SamplingConfig(shift=5.0, frames_per_block=2, guidance=2.0))
+    return make_bundle(cache=CACHE)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -181,8 +190,8 @@ def test_per_tick_recache_sees_the_commit_of_the_tick_before():
 
 
 def test_single_rank_joint_is_bit_exact():
-    bundle = make_bundle(cache=CACHE)
     for name, (kw, sw) in SCENARIOS.items():
+        bundle = _bundle_for(name)
         if kw.get("freshness", "joint") == "joint":
             ref = _single(bundle, kw, sw)
             got = DistEngine(bundle, CascadeConfig(**kw), Comm(0, 1, "cpu")).generate(
@@ -198,7 +207,7 @@ def _scenarios(comm, out: Path) -> None:
     bundle = make_bundle(cache=CACHE)
     result: dict = {}
     for name, (kw, sw) in SCENARIOS.items():
-        eng = DistEngine(bundle, CascadeConfig(**kw), comm)
+        eng = DistEngine(_bundle_for(name), CascadeConfig(**kw), comm)
         video = eng.generate(PROMPT, BLOCKS, seed=SEED, switches=sw)
         if comm.rank == 0:
             result[name] = (video.latents, video.frames)
@@ -246,9 +255,9 @@ def ranks_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def references():
-    bundle = make_bundle(cache=CACHE)
     ref = {}
     for name, (kw, sw) in SCENARIOS.items():
+        bundle = _bundle_for(name)
         if kw.get("freshness", "joint") == "joint":
             v = _single(bundle, kw, sw)
         else:

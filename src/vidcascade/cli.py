@@ -40,6 +40,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N)")
     p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale, 1 = off (default: the model's own setting)",
+    )
+    p.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "bfloat16", "float16"],
@@ -156,6 +162,10 @@ def _load(args):
     bundle = load_bundle(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
     if not bundle.trained:
         log.warning("model %s: %s", bundle.name, bundle.description)
+    if args.guidance is not None:
+        import dataclasses
+
+        bundle.sampling = dataclasses.replace(bundle.sampling, guidance=args.guidance)
     if args.compile:
         from .models.loading import compile_dit
 

@@ -37,7 +37,7 @@ def test_layouts_cover_engine_situations():
         assert m.shape == (2 * nb, 2 * nb) and m[np.arange(2 * nb), np.arange(2 * nb)].all()
         if not lay.bidirectional:
             assert not np.triu(m, 2).any()  # no block sees a later one
-    assert styles == {"single", "tick", "forcing"} and sinks > 10 and ticks_bidir > 10
+    assert styles == {"first", "single", "tick", "forcing"} and sinks > 10 and ticks_bidir > 10
 
 
 def _fake_data(n=6, frames=12):

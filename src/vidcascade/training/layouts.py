@@ -8,7 +8,9 @@ The model must handle every situation the engine puts it in, so the layouts mix:
 - *tick*: a cascade tick: committed clean context, then in-flight blocks at staggered stages of
   the 4-step schedule (lag 1..4), the oldest possibly at its cache step (clean, t = 0), attending
   to each other causally or bidirectionally;
-- *forcing*: several noisy blocks at independent levels (plain diffusion forcing).
+- *forcing*: several noisy blocks at independent levels (plain diffusion forcing);
+- *first*: the clip's first 1-3 blocks, noisy at independent levels, with no context: how every
+  video starts, from the caption alone.
 
 Context sometimes includes a *sink*: the clip's first block at positions 0..2 followed, after a gap
 of unseen frames, by recent blocks, as the rolling cache holds it deep into a long video.
@@ -53,6 +55,10 @@ class LayoutSampler:
     max_gap_frames: int = 150
     shift: float = 3.0
     start_prob: float = 0.5
+    style_probs: tuple[float, float, float, float] = (0.3, 0.2, 0.35, 0.15)
+    """Probabilities of the styles first / single / tick / forcing. Text-only starts get their own
+    style: without it the model learnt to continue context but hardly to draw from the caption
+    (measured: colour of a first block from text 0.2 -> 0.47 after 300 steps of first-block data)."""
     """Share of sink-less layouts that begin at the clip's first block: the only place where the
     caption's motion is certain (later blocks may follow a bounce) and where block 0 of a video
     starts, from text alone."""
@@ -82,10 +88,14 @@ class LayoutSampler:
     def sample(self, rng: np.random.Generator, batch_for) -> Layout:
         """A random layout; ``batch_for(num_blocks)`` picks the batch size once the length is known."""
         steps = len(self.schedule_sigmas)
-        style = str(rng.choice(["single", "tick", "forcing"], p=[0.35, 0.45, 0.20]))
+        style = str(rng.choice(["first", "single", "tick", "forcing"], p=self.style_probs))
         n_ctx = int(rng.choice(5, p=[0.3, 0.2, 0.2, 0.15, 0.15]))
         # Stage of each noisy block: an int (schedule stage, S = clean cache step) or None (free level).
-        if style == "single":
+        if style == "first":
+            # The start of a video from text alone: the clip's first 1-3 blocks, no context.
+            stages = [None] * int(rng.integers(1, 4))
+            n_ctx = 0
+        elif style == "single":
             stages: list[int | None] = [None]
         elif style == "tick":
             lag = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.2, 0.2, 0.2]))
@@ -98,7 +108,7 @@ class LayoutSampler:
         batch = int(batch_for(nb))
         sig = [(0.0,) * batch if s == steps else self._sigma(rng, batch, s) for s in stages]
         loss = [s != steps for s in stages]
-        bidirectional = len(stages) > 1 and style != "forcing" and rng.random() < 0.45
+        bidirectional = len(stages) > 1 and style in ("tick", "single") and rng.random() < 0.45
         fpb = self.frames_per_block
         if n_ctx >= 2 and rng.random() < 0.5:
             # Sink block 0, then nb-1 consecutive later blocks, after a gap of unseen frames.
@@ -107,7 +117,8 @@ class LayoutSampler:
             gap = fpb * int(rng.integers(0, self.max_gap_frames // fpb + 1))
             positions = (0, *(b * fpb + gap for b in blocks[1:]))
         else:
-            first = 0 if rng.random() < self.start_prob else int(rng.integers(0, self.clip_blocks - nb + 1))
+            at_start = style == "first" or rng.random() < self.start_prob
+            first = 0 if at_start else int(rng.integers(0, self.clip_blocks - nb + 1))
             blocks = tuple(range(first, first + nb))
             positions = tuple(b * fpb for b in blocks)
         sigmas = ((0.0,) * batch,) * n_ctx + tuple(sig)

@@ -94,3 +94,30 @@ def test_export_then_load_embedded(tmp_path):
         assert torch.equal(bundle.dit.state_dict()[k], v), k
     video = Engine(bundle).generate("a red circle moving right", 2, seed=0)
     assert video.frames.shape == (1, 6, 64, 64, 3) and video.frames.dtype == np.uint8
+
+
+def test_decoder_finetune_keeps_encoder_and_statistics(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from vidcascade.models.vae_keys import save_wan_vae
+    from vidcascade.models.wan_vae import WanVAE
+    from vidcascade.training.vae_train import EMBEDDED_VAE, DecoderTuneConfig, finetune_decoder
+
+    cfg = dataclasses.replace(EMBEDDED_VAE, latents_mean=(0.1,) * 8, latents_std=(2.0,) * 8)
+    torch.manual_seed(0)
+    save_wan_vae(WanVAE(cfg), tmp_path / "vae.safetensors")
+    before = load_file(str(tmp_path / "vae.safetensors"))
+    with safe_open(str(tmp_path / "vae.safetensors"), "pt") as f:
+        meta = f.metadata()
+    finetune_decoder(
+        tmp_path, DecoderTuneConfig(steps=2, batch=2, frames=2, burn_in_max=2, checkpoint_every=1)
+    )
+    after = load_file(str(tmp_path / "vae.safetensors"))
+    enc = [k for k in before if k.startswith(("encoder.", "conv1."))]
+    dec = [k for k in before if k.startswith(("decoder.", "conv2."))]
+    assert enc and all(torch.equal(before[k], after[k]) for k in enc)  # the DiT's latents stay valid
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+    with safe_open(str(tmp_path / "vae.safetensors"), "pt") as f:
+        assert f.metadata() == meta  # same latent statistics
+    assert torch.load(tmp_path / "vae_dec_ckpt.pt", weights_only=False)["step"] == 2

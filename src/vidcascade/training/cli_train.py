@@ -1,8 +1,9 @@
 """``vidcascade train``: the embedded model's reproducible, resumable training pipeline.
 
 Stages (each resumes from its checkpoint in the run folder, so the command can be re-run after an
-interruption): ``vae`` -> ``data`` (encode world clips once) -> ``dit`` -> ``export`` (write the
-package's embedded model). ``all`` runs whatever is not finished yet.
+interruption): ``vae`` -> ``data`` (encode world clips once) -> ``decoder`` (fine-tune the VAE
+decoder with the encoder frozen; the latents do not change, so it may run beside ``dit``) -> ``dit``
+-> ``export`` (write the package's embedded model). ``all`` runs whatever is not finished yet.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ log = logging.getLogger(__name__)
 
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="train the embedded model (resumable)")
-    t.add_argument("stage", choices=["vae", "data", "dit", "export", "all"])
+    t.add_argument("stage", choices=["vae", "data", "decoder", "dit", "export", "all"])
     t.add_argument("--run", default="runs/embedded", help="run folder (checkpoints, data)")
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget for this call (vae/dit)")
     t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument("--decoder-steps", type=int, default=None)
     t.add_argument("--dit-steps", type=int, default=None)
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
     t.add_argument("--seed", type=int, default=0)
@@ -42,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .dit_train import DiTTrainConfig, train_dit
     from .latent_data import DataConfig, build_latent_data
-    from .vae_train import VAETrainConfig, train_vae
+    from .vae_train import DecoderTuneConfig, VAETrainConfig, finetune_decoder, train_vae
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,13 +52,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     vcfg = VAETrainConfig(seed=args.seed)
     if args.vae_steps:
         vcfg = dataclasses.replace(vcfg, steps=args.vae_steps)
+    ftcfg = DecoderTuneConfig()
+    if args.decoder_steps:
+        ftcfg = dataclasses.replace(ftcfg, steps=args.decoder_steps)
     dcfg = DataConfig()
     if args.clips:
         dcfg = dataclasses.replace(dcfg, clips=args.clips)
     tcfg = DiTTrainConfig(seed=args.seed)
     if args.dit_steps:
         tcfg = dataclasses.replace(tcfg, steps=args.dit_steps)
-    stages = ["vae", "data", "dit", "export"] if args.stage == "all" else [args.stage]
+    stages = ["vae", "data", "decoder", "dit", "export"] if args.stage == "all" else [args.stage]
     data_path = run / "latents.pt"
     for stage in stages:
         if stage == "vae":
@@ -79,6 +84,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             vae = load_wan_vae(run / "vae.safetensors", dtype=torch.float32)
             build_latent_data(vae, MiniLMTextEncoder.from_package(text_len=32), data_path, dcfg)
+        elif stage == "decoder":
+            if args.stage == "all" and _step_of(run / "vae_dec_ckpt.pt") >= ftcfg.steps:
+                log.info("decoder: done")
+                continue
+            finetune_decoder(run, ftcfg, args.minutes)
+            if _step_of(run / "vae_dec_ckpt.pt") < ftcfg.steps:
+                return 0
         elif stage == "dit":
             if args.stage == "all" and _step_of(run / "dit_ckpt.pt") >= tcfg.steps:
                 log.info("dit: done")

@@ -148,3 +148,107 @@ def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) 
     save_wan_vae(vae_out.eval(), path)
     log.info("wrote %s (step %d); latent std %s", path, prog.step, [round(s, 3) for s in std])
     return path
+
+
+@dataclass(frozen=True)
+class DecoderTuneConfig:
+    """Second VAE phase: the decoder alone, with the encoder (and so the DiT's latents) frozen.
+
+    Because the latents do not change, this phase can run after the ``data`` stage and even beside
+    the DiT's training. Noise is added in the DiT's normalised latent space, at a random level per
+    clip, so that the decoder learns to draw clean shapes from the imperfect latents a few-step
+    sampler produces.
+    """
+
+    steps: int = 600
+    batch: int = 12
+    frames: int = 4
+    lr: float = 1e-3
+    warmup: int = 20
+    max_latent_noise: float = 0.3
+    object_weight: float = 10.0
+    ema: float = 0.99
+    burn_in_max: int = 12
+    seed: int = 1
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        for f in ("steps", "batch", "frames", "checkpoint_every"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+
+
+def _decoder_params(vae: WanVAE) -> list[torch.nn.Parameter]:
+    for p in [*vae.encoder.parameters(), *vae.conv1.parameters()]:
+        p.requires_grad_(False)
+    return [*vae.conv2.parameters(), *vae.decoder.parameters()]
+
+
+def decoder_step(vae: WanVAE, x: torch.Tensor, cfg: DecoderTuneConfig, burn_in: int, noise: torch.Tensor):
+    """x [B, 3, burn_in + frames, H, W]; noise [B] latent noise level per clip (normalised space)."""
+    with torch.no_grad():
+        mu = vae.encode_step(x, CausalState())[0].chunk(2, dim=1)[0]  # [B, z, T, h, w]
+        z = vae.normalize(mu)
+        z = vae.denormalize(z + noise.view(-1, 1, 1, 1, 1) * torch.randn_like(z))
+        dec = CausalState()
+        if burn_in:
+            _, dec = vae.decode_step(z[:, :, :burn_in], dec, frames_per_pass=burn_in)
+    y, _ = vae.decode_step(z[:, :, burn_in:], dec, frames_per_pass=x.shape[2] - burn_in)
+    return _recon_loss(y, x[:, :, burn_in:], cfg.object_weight)
+
+
+def finetune_decoder(out_dir: Path, cfg: DecoderTuneConfig, minutes: float | None = None) -> Path:
+    """Fine-tune the decoder of out_dir/vae.safetensors (resumable: out_dir/vae_dec_ckpt.pt); rewrites
+    vae.safetensors with the same encoder and latent statistics."""
+    from ..models.vae_keys import load_wan_vae, save_wan_vae
+
+    path = out_dir / "vae.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `vidcascade train vae` first")
+    ckpt_path = out_dir / "vae_dec_ckpt.pt"
+    torch.manual_seed(cfg.seed)
+    vae = load_wan_vae(path, dtype=torch.float32)
+    params = _decoder_params(vae)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ema = EMA(vae, cfg.ema)
+    rng = np.random.default_rng(cfg.seed)
+    start = 0
+    if (ck := load_checkpoint(ckpt_path)) is not None:
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        ema.shadow = ck["ema"]
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        start = ck["step"]
+        log.info("resuming decoder fine-tuning at step %d", start)
+    vae.train()
+    prog = Progress(start, cfg.steps, minutes, "vae decoder")
+    for step in prog:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        burn = int(rng.integers(0, cfg.burn_in_max + 1)) if rng.random() < 0.75 else 0
+        x = to_video_tensor(render_batch(rng, cfg.batch, burn + cfg.frames, max_offset=60))
+        noise = torch.from_numpy(rng.uniform(0.0, cfg.max_latent_noise, cfg.batch)).float()
+        loss = decoder_step(vae, x, cfg, burn, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(vae, step)
+        prog.post(loss=loss.item())
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(
+                ckpt_path,
+                model=vae.state_dict(),
+                opt=opt.state_dict(),
+                ema=ema.state_dict(),
+                rng=rng.bit_generator.state,
+                torch_rng=torch.get_rng_state(),
+                step=step + 1,
+                config=dataclasses.asdict(cfg),
+            )
+    out = WanVAE(vae.config)
+    out.load_state_dict(ema.state_dict())
+    save_wan_vae(out.eval(), path)
+    log.info("wrote %s (decoder step %d)", path, prog.step)
+    return path

@@ -39,8 +39,9 @@ class DiTTrainConfig:
     checkpoint_every: int = 100
     text_dropout: float = 0.1
     """Share of samples trained without text (zero context), for classifier-free guidance."""
-    bf16: bool = True
-    """bf16 autocast (fast on CPUs with AVX512-BF16 / AMX)."""
+    bf16: bool | None = None
+    """bf16 autocast; None = only where the CPU computes bf16 natively (AVX512-BF16 / AMX). Without
+    it bf16 is emulated: measured 3x slower than fp32 on an AVX512 Xeon without AVX512-BF16."""
 
     def __post_init__(self) -> None:
         for f in ("steps", "tokens_per_step", "checkpoint_every"):
@@ -82,6 +83,14 @@ class Batcher:
         return x_t, 1000.0 * sig, ctx, target, loss_frames, pos, mask
 
 
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def dit_loss(model, x_t, t, ctx, target, loss_frames, pos, mask, bf16: bool) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         v = model(x_t, t, ctx, frame_pos=pos, attn_mask=mask)
@@ -113,6 +122,8 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
     h = data["latents"].shape[-1]
     batcher = Batcher(data, model.tokens_per_frame(h, h), text_dropout=cfg.text_dropout)
     sampler = LayoutSampler(clip_blocks=data["latents"].shape[2] // 3)
+    bf16 = cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16
+    log.info("DiT training in %s", "bf16 autocast" if bf16 else "fp32")
     model.train()
     prog = Progress(start, cfg.steps, minutes, "dit")
     avg = None
@@ -121,7 +132,7 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
             g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         layout = sampler.sample(rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * 3 * batcher.tpf), 8, 64))
         nb = len(layout.clip_blocks)
-        loss = dit_loss(model, *batcher.make(rng, layout, len(layout.sigmas[0])), cfg.bf16)
+        loss = dit_loss(model, *batcher.make(rng, layout, len(layout.sigmas[0])), bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

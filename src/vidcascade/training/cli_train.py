@@ -76,8 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if _step_of(run / "vae_ckpt.pt") < vcfg.steps:
                 return 0  # budget used up; run again to resume
         elif stage == "data":
-            if args.stage == "all" and data_path.exists():
-                log.info("data: done")
+            if args.stage == "all" and (data_path.exists() or _step_of(run / "dit_ckpt.pt") >= tcfg.steps):
+                log.info("data: done (or not needed: the DiT has finished)")
                 continue
             from ..models.text_minilm import MiniLMTextEncoder
             from ..models.vae_keys import load_wan_vae

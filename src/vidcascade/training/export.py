@@ -16,6 +16,11 @@ from ..models.registry import TINY_CACHE, TINY_SAMPLING
 
 log = logging.getLogger(__name__)
 
+EMBEDDED_GUIDANCE = 5.0
+"""Classifier-free guidance of the shipped model (trained with 10% empty captions). Chosen on 24
+eval prompts at level 0, step 3,700: colour accuracy 0.18 at 1 (off), 0.38 at 3, 0.47 at 5, 0.41
+at 8. It doubles the batch of every forward; ``--guidance 1`` turns it off."""
+
 
 def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = None) -> Path:
     from safetensors.torch import load_file, save_file
@@ -38,7 +43,7 @@ def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = Non
     shutil.copyfile(vae_src, dest / "vae.safetensors")
     meta = {
         "model": dataclasses.asdict(model_preset("tiny")),
-        "sampling": dataclasses.asdict(TINY_SAMPLING),
+        "sampling": dataclasses.asdict(dataclasses.replace(TINY_SAMPLING, guidance=EMBEDDED_GUIDANCE)),
         "cache": dataclasses.asdict(TINY_CACHE),
         "latent_hw": [8, 8],
         "fps": 8.0,

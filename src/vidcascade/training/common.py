@@ -75,6 +75,30 @@ def save_checkpoint(path: Path, **state) -> None:
     tmp.replace(path)
 
 
+def training_state(model: nn.Module, opt, ema: EMA, rng: np.random.Generator, step: int, config) -> dict:
+    """Everything a resumed run needs, including the torch RNG (noise draws continue identically)."""
+    return {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "ema": ema.state_dict(),
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "step": step,
+        "config": config,
+    }
+
+
+def restore_training_state(ck: dict, model: nn.Module, opt, ema: EMA, rng: np.random.Generator) -> int:
+    """Load what :func:`training_state` saved; returns the step to resume at."""
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    ema.shadow = ck["ema"]
+    rng.bit_generator.state = ck["rng"]
+    if "torch_rng" in ck:
+        torch.set_rng_state(ck["torch_rng"])
+    return int(ck["step"])
+
+
 def load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None

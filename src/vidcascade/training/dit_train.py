@@ -20,7 +20,15 @@ import torch
 
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT, init_weights
-from .common import EMA, Progress, cosine_lr, load_checkpoint, save_checkpoint
+from .common import (
+    EMA,
+    Progress,
+    cosine_lr,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from .layouts import LayoutSampler, layout_mask
 
 log = logging.getLogger(__name__)
@@ -113,11 +121,7 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
     rng = np.random.default_rng(cfg.seed)
     start = 0
     if (ck := load_checkpoint(ckpt_path)) is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        ema.shadow = ck["ema"]
-        rng.bit_generator.state = ck["rng"]
-        start = ck["step"]
+        start = restore_training_state(ck, model, opt, ema, rng)
         log.info("resuming DiT training at step %d", start)
     h = data["latents"].shape[-1]
     batcher = Batcher(data, model.tokens_per_frame(h, h), text_dropout=cfg.text_dropout)
@@ -142,13 +146,7 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
         prog.post(loss=avg, blocks=nb)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(
-                ckpt_path,
-                model=model.state_dict(),
-                opt=opt.state_dict(),
-                ema=ema.state_dict(),
-                rng=rng.bit_generator.state,
-                step=step + 1,
-                config=dataclasses.asdict(cfg),
+                ckpt_path, **training_state(model, opt, ema, rng, step + 1, dataclasses.asdict(cfg))
             )
             save_file(
                 {k: v.contiguous() for k, v in ema.state_dict().items()},

@@ -20,7 +20,17 @@ import torch
 
 from ..models.wan_vae import WanVAE, WanVAEConfig
 from ..models.wan_vae_blocks import CausalState
-from .common import EMA, Progress, cosine_lr, load_checkpoint, render_batch, save_checkpoint, to_video_tensor
+from .common import (
+    EMA,
+    Progress,
+    cosine_lr,
+    load_checkpoint,
+    render_batch,
+    restore_training_state,
+    save_checkpoint,
+    to_video_tensor,
+    training_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +116,7 @@ def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) 
     rng = np.random.default_rng(cfg.seed)
     start = 0
     if (ck := load_checkpoint(ckpt_path)) is not None:
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        ema.shadow = ck["ema"]
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        start = ck["step"]
+        start = restore_training_state(ck, vae, opt, ema, rng)
         log.info("resuming VAE training at step %d", start)
     vae.train()
     prog = Progress(start, cfg.steps, minutes, "vae")
@@ -129,14 +134,7 @@ def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) 
         prog.post(loss=loss.item(), **parts)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(
-                ckpt_path,
-                model=vae.state_dict(),
-                opt=opt.state_dict(),
-                ema=ema.state_dict(),
-                rng=rng.bit_generator.state,
-                torch_rng=torch.get_rng_state(),
-                step=step + 1,
-                config=dataclasses.asdict(cfg),
+                ckpt_path, **training_state(vae, opt, ema, rng, step + 1, dataclasses.asdict(cfg))
             )
     if prog.step < cfg.steps:
         log.info("stopped at step %d of %d; run again to resume", prog.step, cfg.steps)
@@ -217,12 +215,7 @@ def finetune_decoder(out_dir: Path, cfg: DecoderTuneConfig, minutes: float | Non
     rng = np.random.default_rng(cfg.seed)
     start = 0
     if (ck := load_checkpoint(ckpt_path)) is not None:
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        ema.shadow = ck["ema"]
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        start = ck["step"]
+        start = restore_training_state(ck, vae, opt, ema, rng)
         log.info("resuming decoder fine-tuning at step %d", start)
     vae.train()
     prog = Progress(start, cfg.steps, minutes, "vae decoder")
@@ -241,14 +234,7 @@ def finetune_decoder(out_dir: Path, cfg: DecoderTuneConfig, minutes: float | Non
         prog.post(loss=loss.item())
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(
-                ckpt_path,
-                model=vae.state_dict(),
-                opt=opt.state_dict(),
-                ema=ema.state_dict(),
-                rng=rng.bit_generator.state,
-                torch_rng=torch.get_rng_state(),
-                step=step + 1,
-                config=dataclasses.asdict(cfg),
+                ckpt_path, **training_state(vae, opt, ema, rng, step + 1, dataclasses.asdict(cfg))
             )
     out = WanVAE(vae.config)
     out.load_state_dict(ema.state_dict())

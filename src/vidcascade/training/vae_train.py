@@ -103,32 +103,36 @@ def latent_stats(vae: WanVAE, rng: np.random.Generator, clips: int = 256) -> tup
     return mu.mean(1).tolist(), mu.std(1).tolist()
 
 
-def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) -> Path:
-    """Train (or resume) into out_dir/vae_ckpt.pt; returns the path of the finished VAE safetensors."""
-    from ..models.vae_keys import save_wan_vae
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "vae_ckpt.pt"
-    torch.manual_seed(cfg.seed)
-    vae = WanVAE(EMBEDDED_VAE)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+def _run_phase(
+    vae: WanVAE,
+    params: list[torch.nn.Parameter],
+    cfg: VAETrainConfig | DecoderTuneConfig,
+    ckpt_path: Path,
+    minutes: float | None,
+    label: str,
+    step_fn,
+) -> tuple[int, EMA]:
+    """The resumable loop both VAE phases share: random burn-in, rendered clips, AdamW on ``params``
+    with a cosine schedule, EMA of the whole model, checkpoints. ``step_fn(x, burn, rng)`` returns
+    (loss, extra numbers for the progress bar). Returns the step reached and the EMA."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ema = EMA(vae, cfg.ema)
     rng = np.random.default_rng(cfg.seed)
     start = 0
     if (ck := load_checkpoint(ckpt_path)) is not None:
         start = restore_training_state(ck, vae, opt, ema, rng)
-        log.info("resuming VAE training at step %d", start)
+        log.info("resuming %s at step %d", label, start)
     vae.train()
-    prog = Progress(start, cfg.steps, minutes, "vae")
+    prog = Progress(start, cfg.steps, minutes, label)
     for step in prog:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         burn = int(rng.integers(0, cfg.burn_in_max + 1)) if rng.random() < 0.75 else 0
         x = to_video_tensor(render_batch(rng, cfg.batch, burn + cfg.frames, max_offset=60))
-        loss, parts = vae_step(vae, x, cfg, burn)
+        loss, parts = step_fn(x, burn, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update(vae, step)
         prog.post(loss=loss.item(), **parts)
@@ -137,7 +141,26 @@ def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) 
                 ckpt_path, **training_state(vae, opt, ema, rng, step + 1, dataclasses.asdict(cfg))
             )
     if prog.step < cfg.steps:
-        log.info("stopped at step %d of %d; run again to resume", prog.step, cfg.steps)
+        log.info("%s stopped at step %d of %d; run again to resume", label, prog.step, cfg.steps)
+    return prog.step, ema
+
+
+def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) -> Path:
+    """Train (or resume) into out_dir/vae_ckpt.pt; returns the path of the finished VAE safetensors."""
+    from ..models.vae_keys import save_wan_vae
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    vae = WanVAE(EMBEDDED_VAE)
+    reached, ema = _run_phase(
+        vae,
+        list(vae.parameters()),
+        cfg,
+        out_dir / "vae_ckpt.pt",
+        minutes,
+        "vae",
+        lambda x, burn, rng: vae_step(vae, x, cfg, burn),
+    )
     final = WanVAE(EMBEDDED_VAE)
     final.load_state_dict({k: v for k, v in ema.state_dict().items()})
     final.eval()
@@ -147,7 +170,7 @@ def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) 
     vae_out.load_state_dict(final.state_dict())
     path = out_dir / "vae.safetensors"
     save_wan_vae(vae_out.eval(), path)
-    log.info("wrote %s (step %d); latent std %s", path, prog.step, [round(s, 3) for s in std])
+    log.info("wrote %s (step %d); latent std %s", path, reached, [round(s, 3) for s in std])
     return path
 
 
@@ -179,7 +202,8 @@ class DecoderTuneConfig:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
 
 
-def _decoder_params(vae: WanVAE) -> list[torch.nn.Parameter]:
+def freeze_encoder(vae: WanVAE) -> list[torch.nn.Parameter]:
+    """Stop gradients into the encoder (and its moments conv); returns the parameters left to train."""
     for p in [*vae.encoder.parameters(), *vae.conv1.parameters()]:
         p.requires_grad_(False)
     return [*vae.conv2.parameters(), *vae.decoder.parameters()]
@@ -206,38 +230,18 @@ def finetune_decoder(out_dir: Path, cfg: DecoderTuneConfig, minutes: float | Non
     path = out_dir / "vae.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `vidcascade train vae` first")
-    ckpt_path = out_dir / "vae_dec_ckpt.pt"
     torch.manual_seed(cfg.seed)
     vae = load_wan_vae(path, dtype=torch.float32)
-    params = _decoder_params(vae)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    ema = EMA(vae, cfg.ema)
-    rng = np.random.default_rng(cfg.seed)
-    start = 0
-    if (ck := load_checkpoint(ckpt_path)) is not None:
-        start = restore_training_state(ck, vae, opt, ema, rng)
-        log.info("resuming decoder fine-tuning at step %d", start)
-    vae.train()
-    prog = Progress(start, cfg.steps, minutes, "vae decoder")
-    for step in prog:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
-        burn = int(rng.integers(0, cfg.burn_in_max + 1)) if rng.random() < 0.75 else 0
-        x = to_video_tensor(render_batch(rng, cfg.batch, burn + cfg.frames, max_offset=60))
+
+    def step_fn(x: torch.Tensor, burn: int, rng: np.random.Generator):
         noise = torch.from_numpy(rng.uniform(0.0, cfg.max_latent_noise, cfg.batch)).float()
-        loss = decoder_step(vae, x, cfg, burn, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(vae, step)
-        prog.post(loss=loss.item())
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(
-                ckpt_path, **training_state(vae, opt, ema, rng, step + 1, dataclasses.asdict(cfg))
-            )
+        return decoder_step(vae, x, cfg, burn, noise), {}
+
+    reached, ema = _run_phase(
+        vae, freeze_encoder(vae), cfg, out_dir / "vae_dec_ckpt.pt", minutes, "vae decoder", step_fn
+    )
     out = WanVAE(vae.config)
     out.load_state_dict(ema.state_dict())
     save_wan_vae(out.eval(), path)
-    log.info("wrote %s (decoder step %d)", path, prog.step)
+    log.info("wrote %s (decoder step %d)", path, reached)
     return path

@@ -61,6 +61,13 @@ class EMA:
         return self.shadow
 
 
+def require_at_least_one(cfg: object, *fields: str) -> None:
+    """Config validation shared by the trainers: each named count must be >= 1."""
+    for f in fields:
+        if getattr(cfg, f) < 1:
+            raise ValueError(f"{f} must be >= 1, got {getattr(cfg, f)}")
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup

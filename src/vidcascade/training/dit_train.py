@@ -25,6 +25,7 @@ from .common import (
     Progress,
     cosine_lr,
     load_checkpoint,
+    require_at_least_one,
     restore_training_state,
     save_checkpoint,
     training_state,
@@ -52,9 +53,7 @@ class DiTTrainConfig:
     it bf16 is emulated: measured 3x slower than fp32 on an AVX512 Xeon without AVX512-BF16."""
 
     def __post_init__(self) -> None:
-        for f in ("steps", "tokens_per_step", "checkpoint_every"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        require_at_least_one(self, "steps", "tokens_per_step", "checkpoint_every")
 
 
 class Batcher:

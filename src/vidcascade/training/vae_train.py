@@ -26,6 +26,7 @@ from .common import (
     cosine_lr,
     load_checkpoint,
     render_batch,
+    require_at_least_one,
     restore_training_state,
     save_checkpoint,
     to_video_tensor,
@@ -59,9 +60,7 @@ class VAETrainConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        for f in ("steps", "batch", "frames", "checkpoint_every"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        require_at_least_one(self, "steps", "batch", "frames", "checkpoint_every")
 
 
 def _recon_loss(y: torch.Tensor, x: torch.Tensor, object_weight: float) -> torch.Tensor:
@@ -197,9 +196,7 @@ class DecoderTuneConfig:
     checkpoint_every: int = 50
 
     def __post_init__(self) -> None:
-        for f in ("steps", "batch", "frames", "checkpoint_every"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        require_at_least_one(self, "steps", "batch", "frames", "checkpoint_every")
 
 
 def freeze_encoder(vae: WanVAE) -> list[torch.nn.Parameter]:

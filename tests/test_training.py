@@ -40,6 +40,20 @@ def test_layouts_cover_engine_situations():
     assert styles == {"first", "single", "tick", "forcing"} and sinks > 10 and ticks_bidir > 10
 
 
+def test_first_prob_reweights_styles_and_is_validated():
+    s = LayoutSampler().with_first_prob(0.6)
+    assert s.style_probs[0] == 0.6 and sum(s.style_probs) == pytest.approx(1.0)
+    rest = LayoutSampler().style_probs[1:]
+    assert np.allclose(np.array(s.style_probs[1:]) / sum(s.style_probs[1:]), np.array(rest) / sum(rest))
+    rng = np.random.default_rng(0)
+    share = np.mean([s.sample(rng, lambda nb: 1).style == "first" for _ in range(400)])
+    assert 0.5 < share < 0.7
+    from vidcascade.training.dit_train import DiTTrainConfig
+
+    with pytest.raises(ValueError, match="first_prob"):
+        DiTTrainConfig(first_prob=1.0)
+
+
 def _fake_data(n=6, frames=12):
     g = torch.Generator().manual_seed(0)
     return {

@@ -23,6 +23,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--decoder-steps", type=int, default=None)
     t.add_argument("--dit-steps", type=int, default=None)
+    t.add_argument(
+        "--first-prob", type=float, default=None, help="share of DiT steps on a video's first blocks (default 0.3)"
+    )
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -61,6 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     tcfg = DiTTrainConfig(seed=args.seed)
     if args.dit_steps:
         tcfg = dataclasses.replace(tcfg, steps=args.dit_steps)
+    if args.first_prob is not None:
+        tcfg = dataclasses.replace(tcfg, first_prob=args.first_prob)
     stages = ["vae", "data", "decoder", "dit", "export"] if args.stage == "all" else [args.stage]
     data_path = run / "latents.pt"
     for stage in stages:

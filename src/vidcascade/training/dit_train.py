@@ -48,12 +48,19 @@ class DiTTrainConfig:
     checkpoint_every: int = 100
     text_dropout: float = 0.1
     """Share of samples trained without text (zero context), for classifier-free guidance."""
+    first_prob: float = 0.3
+    """Share of steps with the *first* layout (a video's first blocks from the caption alone); the
+    other styles share the rest in LayoutSampler's proportions. Measured on the shipped model at step
+    3,700: with the true first block given as context the continuation scored colour 0.85 / motion
+    0.77, from text alone 0.38 / 0.35, so the first block is where extra steps pay."""
     bf16: bool | None = None
     """bf16 autocast; None = only where the CPU computes bf16 natively (AVX512-BF16 / AMX). Without
     it bf16 is emulated: measured 3x slower than fp32 on an AVX512 Xeon without AVX512-BF16."""
 
     def __post_init__(self) -> None:
         require_at_least_one(self, "steps", "tokens_per_step", "checkpoint_every")
+        if not 0.0 < self.first_prob < 1.0:
+            raise ValueError(f"first_prob must be in (0, 1), got {self.first_prob}")
 
 
 class Batcher:
@@ -124,7 +131,7 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
         log.info("resuming DiT training at step %d", start)
     h = data["latents"].shape[-1]
     batcher = Batcher(data, model.tokens_per_frame(h, h), text_dropout=cfg.text_dropout)
-    sampler = LayoutSampler(clip_blocks=data["latents"].shape[2] // 3)
+    sampler = LayoutSampler(clip_blocks=data["latents"].shape[2] // 3).with_first_prob(cfg.first_prob)
     bf16 = cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16
     log.info("DiT training in %s", "bf16 autocast" if bf16 else "fp32")
     model.train()

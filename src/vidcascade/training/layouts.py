@@ -19,6 +19,7 @@ Layouts are pure data (numpy only); the trainer turns them into tensors.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,13 +56,19 @@ class LayoutSampler:
     max_gap_frames: int = 150
     shift: float = 3.0
     start_prob: float = 0.5
+    """Share of sink-less layouts that begin at the clip's first block: the only place where the
+    caption's motion is certain (later blocks may follow a bounce) and where block 0 of a video
+    starts, from text alone."""
     style_probs: tuple[float, float, float, float] = (0.3, 0.2, 0.35, 0.15)
     """Probabilities of the styles first / single / tick / forcing. Text-only starts get their own
     style: without it the model learnt to continue context but hardly to draw from the caption
     (measured: colour of a first block from text 0.2 -> 0.47 after 300 steps of first-block data)."""
-    """Share of sink-less layouts that begin at the clip's first block: the only place where the
-    caption's motion is certain (later blocks may follow a bounce) and where block 0 of a video
-    starts, from text alone."""
+
+    def with_first_prob(self, p: float) -> LayoutSampler:
+        """The same sampler with the *first* style at probability p, the others rescaled."""
+        rest = self.style_probs[1:]
+        scale = (1.0 - p) / sum(rest)
+        return dataclasses.replace(self, style_probs=(p, *(r * scale for r in rest)))
 
     def _sigma(self, rng: np.random.Generator, batch: int, stage: int | None) -> tuple[float, ...]:
         """Noise per sample. At a schedule stage: mostly its exact sigma, else a level between the

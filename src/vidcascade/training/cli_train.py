@@ -24,7 +24,10 @@ def add_train_parser(sub) -> None:
     t.add_argument("--decoder-steps", type=int, default=None)
     t.add_argument("--dit-steps", type=int, default=None)
     t.add_argument(
-        "--first-prob", type=float, default=None, help="share of DiT steps on a video's first blocks (default 0.3)"
+        "--first-prob",
+        type=float,
+        default=None,
+        help="share of DiT steps on a video's first blocks (default 0.6)",
     )
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
     t.add_argument("--seed", type=int, default=0)

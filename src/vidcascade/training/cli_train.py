@@ -43,8 +43,12 @@ def _step_of(ckpt: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
 
 
+def _given(**overrides) -> dict:
+    """The flags the user set (None = keep the config's default)."""
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
 
     import torch
 
@@ -55,20 +59,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    vcfg = VAETrainConfig(seed=args.seed)
-    if args.vae_steps:
-        vcfg = dataclasses.replace(vcfg, steps=args.vae_steps)
-    ftcfg = DecoderTuneConfig()
-    if args.decoder_steps:
-        ftcfg = dataclasses.replace(ftcfg, steps=args.decoder_steps)
-    dcfg = DataConfig()
-    if args.clips:
-        dcfg = dataclasses.replace(dcfg, clips=args.clips)
-    tcfg = DiTTrainConfig(seed=args.seed)
-    if args.dit_steps:
-        tcfg = dataclasses.replace(tcfg, steps=args.dit_steps)
-    if args.first_prob is not None:
-        tcfg = dataclasses.replace(tcfg, first_prob=args.first_prob)
+    vcfg = VAETrainConfig(seed=args.seed, **_given(steps=args.vae_steps))
+    ftcfg = DecoderTuneConfig(**_given(steps=args.decoder_steps))
+    dcfg = DataConfig(**_given(clips=args.clips))
+    tcfg = DiTTrainConfig(seed=args.seed, **_given(steps=args.dit_steps, first_prob=args.first_prob))
     stages = ["vae", "data", "decoder", "dit", "export"] if args.stage == "all" else [args.stage]
     data_path = run / "latents.pt"
     for stage in stages:

@@ -19,8 +19,7 @@ Layouts are pure data (numpy only); the trainer turns them into tensors.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -68,7 +67,7 @@ class LayoutSampler:
         """The same sampler with the *first* style at probability p, the others rescaled."""
         rest = self.style_probs[1:]
         scale = (1.0 - p) / sum(rest)
-        return dataclasses.replace(self, style_probs=(p, *(r * scale for r in rest)))
+        return replace(self, style_probs=(p, *(r * scale for r in rest)))
 
     def _sigma(self, rng: np.random.Generator, batch: int, stage: int | None) -> tuple[float, ...]:
         """Noise per sample. At a schedule stage: mostly its exact sigma, else a level between the

@@ -138,3 +138,12 @@ def test_bench_json_rows(tmp_path, guidance):
     assert [r["level"] for r in rows] == [0, 4]
     for r in rows:
         assert r["fps"] > 0 and r["ttff_s"] > 0 and r["speedup"] > 0 and "engine_overhead_pct" in r
+
+
+def test_train_flags_are_checked_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "dit", "--run", str(tmp_path), "--context-probs", "0.5,0.4"])
+    assert "sum to 1" in capsys.readouterr().err
+    assert main(["train", "dit", "--run", str(tmp_path), "--bidirectional-prob", "2"]) == 2
+    assert "bidirectional_prob must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written

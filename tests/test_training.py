@@ -59,7 +59,35 @@ def _fake_data(n=6, frames=12):
     return {
         "latents": torch.randn(n, MICRO.in_dim, frames, 4, 4, generator=g).half(),
         "text": torch.randn(n, 2, MICRO.text_len, MICRO.text_dim, generator=g).half(),
+        "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(n)],
     }
+
+
+def test_two_object_share_draws_clips_by_object_count():
+    data = _fake_data(n=10)
+    two = {i for i, a in enumerate(data["attrs"]) if len(a) == 2}
+    rng = np.random.default_rng(0)
+    for share, lo, hi in ((0.0, 0.0, 0.0), (0.8, 0.7, 0.9), (1.0, 1.0, 1.0)):
+        b = Batcher(data, 16, two_object_share=share)
+        picks = np.concatenate([b._clips(rng, 50) for _ in range(20)])
+        assert lo <= np.isin(picks, list(two)).mean() <= hi
+    with pytest.raises(ValueError, match="attrs"):
+        Batcher({k: v for k, v in data.items() if k != "attrs"}, 16, two_object_share=0.5)
+
+
+def test_layout_options_reach_the_sampler_and_are_validated():
+    from vidcascade.training.dit_train import DiTTrainConfig
+
+    cfg = DiTTrainConfig(bidirectional_prob=1.0, context_probs=(0.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    s = cfg.layout_sampler(16)
+    rng = np.random.default_rng(0)
+    lays = [s.sample(rng, lambda nb: 1) for _ in range(200)]
+    assert max(lay.n_context for lay in lays) == 5 and s.max_blocks >= 7
+    multi = [lay for lay in lays if lay.style == "tick" and len(lay.clip_blocks) > lay.n_context + 1]
+    assert multi and all(lay.bidirectional for lay in multi)
+    for bad in (dict(bidirectional_prob=1.5), dict(context_probs=(0.5, 0.4)), dict(two_object_share=-0.1)):
+        with pytest.raises(ValueError):
+            DiTTrainConfig(**bad)
 
 
 def test_batcher_noise_and_a_few_steps_learn():

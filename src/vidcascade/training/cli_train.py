@@ -29,10 +29,35 @@ def add_train_parser(sub) -> None:
         default=None,
         help="share of DiT steps on a video's first blocks (default 0.6)",
     )
+    t.add_argument(
+        "--two-object-share", type=float, default=None, help="share of DiT samples from two-object clips"
+    )
+    t.add_argument(
+        "--bidirectional-prob",
+        type=float,
+        default=None,
+        help="share of multi-block cascade-tick layouts with bidirectional attention (default 0.45)",
+    )
+    t.add_argument(
+        "--context-probs",
+        type=_probs,
+        default=None,
+        help="probabilities of 0, 1, 2, ... clean context blocks, comma-separated",
+    )
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     t.add_argument("--dest", default=None, help="export destination (default: the package's assets)")
+
+
+def _probs(text: str) -> tuple[float, ...]:
+    try:
+        probs = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated probabilities, got {text!r}") from None
+    if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(f"probabilities must be >= 0 and sum to 1, got {text!r}")
+    return probs
 
 
 def _step_of(ckpt: Path) -> int:
@@ -62,7 +87,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     vcfg = VAETrainConfig(seed=args.seed, **_given(steps=args.vae_steps))
     ftcfg = DecoderTuneConfig(**_given(steps=args.decoder_steps))
     dcfg = DataConfig(**_given(clips=args.clips))
-    tcfg = DiTTrainConfig(seed=args.seed, **_given(steps=args.dit_steps, first_prob=args.first_prob))
+    tcfg = DiTTrainConfig(
+        seed=args.seed,
+        **_given(
+            steps=args.dit_steps,
+            first_prob=args.first_prob,
+            two_object_share=args.two_object_share,
+            bidirectional_prob=args.bidirectional_prob,
+            context_probs=args.context_probs,
+        ),
+    )
     stages = ["vae", "data", "decoder", "dit", "export"] if args.stage == "all" else [args.stage]
     data_path = run / "latents.pt"
     for stage in stages:

@@ -55,6 +55,15 @@ class DiTTrainConfig:
     other styles share the rest in LayoutSampler's proportions. Measured at step 3,700 (trained at
     0.3): with the true first block given as context the continuation scored colour 0.85 / motion
     0.77, from text alone 0.38 / 0.35, so the first block is where extra steps pay."""
+    two_object_share: float | None = None
+    """Share of samples drawn from two-object clips (None: as they come in the data, 40%). Two
+    objects are where the step-10,000 model failed: at level 0 one-object prompts scored colour /
+    shape / motion 0.86 / 0.88 / 0.79, two-object prompts 0.55 / 0.45 / 0.34 (64 eval prompts)."""
+    bidirectional_prob: float = 0.45
+    """Share of multi-block tick layouts with bidirectional in-flight attention."""
+    context_probs: tuple[float, ...] = (0.3, 0.2, 0.2, 0.15, 0.15)
+    """Probabilities of 0, 1, 2, ... clean context blocks. The engine's rolling cache holds sink +
+    window = 5 blocks deep into a long video; the first 10,000 steps saw at most 4."""
     bf16: bool | None = None
     """bf16 autocast; None = only where the CPU computes bf16 natively (AVX512-BF16 / AMX). Without
     it bf16 is emulated: measured 3x slower than fp32 on an AVX512 Xeon without AVX512-BF16."""
@@ -63,23 +72,56 @@ class DiTTrainConfig:
         require_at_least_one(self, "steps", "tokens_per_step", "checkpoint_every")
         if not 0.0 < self.first_prob < 1.0:
             raise ValueError(f"first_prob must be in (0, 1), got {self.first_prob}")
+        if self.two_object_share is not None and not 0.0 <= self.two_object_share <= 1.0:
+            raise ValueError(f"two_object_share must be in [0, 1] or None, got {self.two_object_share}")
+        self.layout_sampler(16)  # validates the layout fields
+
+    def layout_sampler(self, clip_blocks: int) -> LayoutSampler:
+        return LayoutSampler(
+            clip_blocks=clip_blocks,
+            max_blocks=max(7, len(self.context_probs) + 2),
+            context_probs=tuple(self.context_probs),
+            bidirectional_prob=self.bidirectional_prob,
+        ).with_first_prob(self.first_prob)
 
 
 class Batcher:
     """Turns layouts into tensors from the encoded clips."""
 
     def __init__(
-        self, data: dict, tokens_per_frame: int, frames_per_block: int = 3, text_dropout: float = 0.0
+        self,
+        data: dict,
+        tokens_per_frame: int,
+        frames_per_block: int = 3,
+        text_dropout: float = 0.0,
+        two_object_share: float | None = None,
     ) -> None:
         self.latents = data["latents"]  # fp16 [N, z, T, h, w]
         self.text = data["text"]  # fp16 [N, P, L, D]
         self.tpf = tokens_per_frame
         self.fpb = frames_per_block
         self.text_dropout = text_dropout
+        self.pools = None
+        if two_object_share is not None:
+            if "attrs" not in data:
+                raise ValueError("two_object_share needs the data's per-clip 'attrs' (rebuild: train data)")
+            count = np.array([len(a) for a in data["attrs"]])
+            self.pools = (np.flatnonzero(count == 1), np.flatnonzero(count == 2), two_object_share)
+            if not len(self.pools[0]) or not len(self.pools[1]):
+                raise ValueError("two_object_share needs both one- and two-object clips in the data")
+
+    def _clips(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        if self.pools is None:
+            return rng.integers(0, self.text.shape[0], size=batch)
+        one, two, share = self.pools
+        pick_two = rng.random(batch) < share
+        from_two = two[rng.integers(len(two), size=batch)]
+        from_one = one[rng.integers(len(one), size=batch)]
+        return np.where(pick_two, from_two, from_one)
 
     def make(self, rng: np.random.Generator, layout, batch: int):
-        n, p = self.text.shape[:2]
-        idx = torch.from_numpy(rng.integers(0, n, size=batch))
+        p = self.text.shape[1]
+        idx = torch.from_numpy(self._clips(rng, batch))
         cap = torch.from_numpy(rng.integers(0, p, size=batch))
         fpb = self.fpb
         frames = torch.cat([torch.arange(b * fpb, (b + 1) * fpb) for b in layout.clip_blocks])
@@ -132,8 +174,13 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
         start = restore_training_state(ck, model, opt, ema, rng)
         log.info("resuming DiT training at step %d", start)
     h = data["latents"].shape[-1]
-    batcher = Batcher(data, model.tokens_per_frame(h, h), text_dropout=cfg.text_dropout)
-    sampler = LayoutSampler(clip_blocks=data["latents"].shape[2] // 3).with_first_prob(cfg.first_prob)
+    batcher = Batcher(
+        data,
+        model.tokens_per_frame(h, h),
+        text_dropout=cfg.text_dropout,
+        two_object_share=cfg.two_object_share,
+    )
+    sampler = cfg.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     bf16 = cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16
     log.info("DiT training in %s", "bf16 autocast" if bf16 else "fp32")
     model.train()

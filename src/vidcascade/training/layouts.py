@@ -52,6 +52,11 @@ class LayoutSampler:
     clip_blocks: int = 16
     frames_per_block: int = 3
     max_blocks: int = 7
+    context_probs: tuple[float, ...] = (0.3, 0.2, 0.2, 0.15, 0.15)
+    """Probabilities of 0, 1, 2, ... committed context blocks (before the noisy ones). The engine's
+    cache holds up to sink + window = 5 blocks deep into a long video."""
+    bidirectional_prob: float = 0.45
+    """Share of multi-block tick/single layouts whose in-flight blocks see each other both ways."""
     max_gap_frames: int = 150
     shift: float = 3.0
     start_prob: float = 0.5
@@ -68,6 +73,14 @@ class LayoutSampler:
         rest = self.style_probs[1:]
         scale = (1.0 - p) / sum(rest)
         return replace(self, style_probs=(p, *(r * scale for r in rest)))
+
+    def __post_init__(self) -> None:
+        for name in ("style_probs", "context_probs"):
+            probs = getattr(self, name)
+            if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
+                raise ValueError(f"{name} must be probabilities summing to 1, got {probs}")
+        if not 0.0 <= self.bidirectional_prob <= 1.0:
+            raise ValueError(f"bidirectional_prob must be in [0, 1], got {self.bidirectional_prob}")
 
     def _sigma(self, rng: np.random.Generator, batch: int, stage: int | None) -> tuple[float, ...]:
         """Noise per sample. At a schedule stage: mostly its exact sigma, else a level between the
@@ -95,7 +108,7 @@ class LayoutSampler:
         """A random layout; ``batch_for(num_blocks)`` picks the batch size once the length is known."""
         steps = len(self.schedule_sigmas)
         style = str(rng.choice(["first", "single", "tick", "forcing"], p=self.style_probs))
-        n_ctx = int(rng.choice(5, p=[0.3, 0.2, 0.2, 0.15, 0.15]))
+        n_ctx = int(rng.choice(len(self.context_probs), p=self.context_probs))
         # Stage of each noisy block: an int (schedule stage, S = clean cache step) or None (free level).
         if style == "first":
             # The start of a video from text alone: the clip's first 1-3 blocks, no context.
@@ -114,7 +127,9 @@ class LayoutSampler:
         batch = int(batch_for(nb))
         sig = [(0.0,) * batch if s == steps else self._sigma(rng, batch, s) for s in stages]
         loss = [s != steps for s in stages]
-        bidirectional = len(stages) > 1 and style in ("tick", "single") and rng.random() < 0.45
+        bidirectional = (
+            len(stages) > 1 and style in ("tick", "single") and rng.random() < self.bidirectional_prob
+        )
         fpb = self.frames_per_block
         if n_ctx >= 2 and rng.random() < 0.5:
             # Sink block 0, then nb-1 consecutive later blocks, after a gap of unseen frames.

@@ -11,6 +11,9 @@ def test_eval_items_are_fixed_and_parseable():
     a, b = eval_items(70), eval_items(70)
     assert a == b and len({(i.prompt, i.seed) for i in a}) == 70
     assert all(tuple(parse_caption(i.prompt)) == i.attrs for i in a)
+    v = eval_items(70, prompt_set="validation")
+    assert not {(i.prompt, i.seed) for i in v} & {(i.prompt, i.seed) for i in a}
+    assert not {i.seed for i in v} & {i.seed for i in a}
 
 
 def test_eval_cli_rows(tmp_path, capsys):
@@ -60,6 +63,8 @@ def test_eval_cli_rows(tmp_path, capsys):
             "drift_color",
         ):
             assert k in r
+        assert sum(b["prompts"] for b in r["by_objects"].values()) == r["prompts"] == 2
     p0 = next(r for r in rows if r["level"] == 0)
     assert p0["psnr_vs_p0"] == 100.0 and abs(p0["ssim_vs_p0"] - 1.0) < 1e-6
-    assert "color_acc" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "color_acc" in printed and "accuracy by number of objects" in printed

@@ -17,6 +17,12 @@ def add_eval_parser(sub, add_model_args, levels_type) -> None:
         help="comma-separated in-flight K/V freshness: joint and/or per_tick (stale by a tick)",
     )
     e.add_argument("--prompts", type=int, default=64, help="prompts x seeds per configuration")
+    e.add_argument(
+        "--prompt-set",
+        choices=["eval", "validation"],
+        default="eval",
+        help="eval: the reported set; validation: a disjoint set for choosing settings",
+    )
     e.add_argument("--blocks", type=int, default=8, help="blocks per video")
     e.add_argument("--long-prompts", type=int, default=8, help="long videos per configuration (drift)")
     e.add_argument("--long-blocks", type=int, default=60, help="blocks per long video")
@@ -27,7 +33,7 @@ def add_eval_parser(sub, add_model_args, levels_type) -> None:
 def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
     from tqdm import tqdm
 
-    from .quality import format_eval, run_eval
+    from .quality import format_by_objects, format_eval, run_eval
     from .switch_check import format_switch, run_switch_check
 
     modes = [m.strip() for m in args.attention.split(",") if m.strip()]
@@ -60,11 +66,19 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
 
     try:
         rows = run_eval(
-            bundle, configs, args.prompts, args.blocks, args.long_prompts, args.long_blocks, progress
+            bundle,
+            configs,
+            args.prompts,
+            args.blocks,
+            args.long_prompts,
+            args.long_blocks,
+            progress,
+            prompt_set=args.prompt_set,
         )
     finally:
         bar.close()
     print(format_eval(rows, bundle.name))
+    print(format_by_objects(rows))
     switch_rows = []
     if not args.no_switch_check:
         switch_rows = run_switch_check(bundle, sorted({0, max(levels)}), modes[-1])

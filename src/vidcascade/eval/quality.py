@@ -29,6 +29,10 @@ from .metrics import boundary_jump, centroid_jerk, psnr, ssim
 log = logging.getLogger(__name__)
 
 EVAL_PROMPT_SEED = 424242
+VALIDATION_PROMPT_SEED = 171717
+"""A second fixed set, disjoint from the evaluation set, for choosing settings (such as the
+guidance scale) without looking at the numbers that are reported."""
+PROMPT_SETS = {"eval": (EVAL_PROMPT_SEED, 10_000), "validation": (VALIDATION_PROMPT_SEED, 20_000)}
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,17 @@ class EvalItem:
     seed: int
 
 
-def eval_items(n: int, two_object_prob: float = 0.3) -> list[EvalItem]:
+def eval_items(n: int, two_object_prob: float = 0.3, prompt_set: str = "eval") -> list[EvalItem]:
     """n (prompt, seed) pairs from a fixed generator, paraphrased captions as users would write."""
-    rng = np.random.default_rng(EVAL_PROMPT_SEED)
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {prompt_set!r}; expected one of {sorted(PROMPT_SETS)}")
+    prompt_seed, first_seed = PROMPT_SETS[prompt_set]
+    rng = np.random.default_rng(prompt_seed)
     out = []
     for i in range(n):
         attrs = sample_attrs(rng, two_object_prob)
         text = caption(attrs, rng)
-        out.append(EvalItem(text, tuple(parse_caption(text)), 10_000 + i))
+        out.append(EvalItem(text, tuple(parse_caption(text)), first_seed + i))
     return out
 
 
@@ -58,6 +65,18 @@ def _scores(frames: np.ndarray, attrs, fpb: int) -> dict[str, float]:
     return m
 
 
+def _by_objects(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Accuracies of the one-object and the two-object prompts apart (they fail differently)."""
+    out = {}
+    for count in sorted({int(r["objects"]) for r in rows}):
+        acc = aggregate_matches([r for r in rows if int(r["objects"]) == count])
+        out[str(count)] = {
+            "prompts": int(acc["clips"]),
+            **{f"{k}_acc": acc[k] for k in ("color", "shape", "motion", "all", "count")},
+        }
+    return out
+
+
 def _agg(rows: list[dict[str, float]]) -> dict[str, float]:
     acc = aggregate_matches(rows)
     return {
@@ -68,6 +87,7 @@ def _agg(rows: list[dict[str, float]]) -> dict[str, float]:
         "count_acc": acc["count"],
         "boundary_jump": float(np.nanmean([r["boundary_jump"] for r in rows])),
         "jerk_px": float(np.nanmean([r["jerk_px"] for r in rows])),
+        "by_objects": _by_objects(rows),
     }
 
 
@@ -111,10 +131,11 @@ def run_eval(
     long_prompts: int = 8,
     long_blocks: int = 60,
     progress=None,
+    prompt_set: str = "eval",
 ) -> list[dict]:
     """One row per (level, attention[, freshness])."""
     configs = [(c[0], c[1], c[2] if len(c) > 2 else "joint") for c in configs]
-    items = eval_items(prompts)
+    items = eval_items(prompts, prompt_set=prompt_set)
     fpb_frames = None
     ref_frames: dict[int, np.ndarray] = {}
     rows = []
@@ -144,6 +165,7 @@ def run_eval(
             "freshness": freshness,
             "lag": engine.lag,
             "prompts": len(items),
+            "prompt_set": prompt_set,
             "blocks": blocks,
             **_agg(per),
             "psnr_vs_p0": float(np.mean(ps)),
@@ -184,11 +206,25 @@ def format_eval(rows: list[dict], model: str) -> str:
     ]
     head = [c for c, _ in cols if c in rows[0]]
     lines = [
-        f"eval: model {model}; {rows[0]['prompts']} prompts x seeds, {rows[0]['blocks']} blocks"
+        f"eval: model {model}; {rows[0]['prompts']} {rows[0].get('prompt_set', 'eval')} prompts x seeds, "
+        f"{rows[0]['blocks']} blocks"
         + (f"; drift over {rows[0]['long_blocks']} blocks" if "long_blocks" in rows[0] else ""),
         " | ".join(head),
     ]
     lines.append("-" * len(lines[-1]))
     for r in rows:
         lines.append(" | ".join(f.format(r[c]) for c, f in cols if c in r))
+    return "\n".join(lines)
+
+
+def format_by_objects(rows: list[dict]) -> str:
+    """The same rows split into one-object and two-object prompts."""
+    head = "level | attention | freshness | objects | prompts | color_acc | shape_acc | motion_acc | all_acc"
+    lines = ["accuracy by number of objects in the prompt", head, "-" * len(head)]
+    for r in rows:
+        for count, a in r["by_objects"].items():
+            lines.append(
+                f"P{r['level']} | {r['attention']} | {r['freshness']} | {count} | {a['prompts']} | "
+                f"{a['color_acc']:.3f} | {a['shape_acc']:.3f} | {a['motion_acc']:.3f} | {a['all_acc']:.3f}"
+            )
     return "\n".join(lines)

@@ -136,6 +136,17 @@ def test_export_then_load_embedded(tmp_path):
         assert torch.equal(bundle.dit.state_dict()[k], v), k
     video = Engine(bundle).generate("a red circle moving right", 2, seed=0)
     assert video.frames.shape == (1, 6, 64, 64, 3) and video.frames.dtype == np.uint8
+    assert bundle.sampling.guidance == 5.0
+    # A distilled DiT in the run wins and is exported unguided (its teacher's guidance is built in).
+    student = init_weights(CausalWanDiT(model_preset("tiny")), 2)
+    meta = {"step": "3", "guidance": "3.0", "substeps": "4"}
+    save_file(student.state_dict(), str(run / "dit_distilled_ema.safetensors"), metadata=meta)
+    dest = export_embedded(run, tmp_path / "assets2")
+    info = json.loads((dest / "model.json").read_text())
+    assert info["train_step"] == "?+distill3" and info["distilled"]["teacher_guidance"] == "3.0"
+    bundle = load_embedded(folder=dest)
+    assert bundle.sampling.guidance == 1.0
+    assert torch.equal(bundle.dit.state_dict()["head.head.weight"], student.state_dict()["head.head.weight"])
 
 
 def test_decoder_finetune_keeps_encoder_and_statistics(tmp_path):

@@ -3,7 +3,8 @@
 Stages (each resumes from its checkpoint in the run folder, so the command can be re-run after an
 interruption): ``vae`` -> ``data`` (encode world clips once) -> ``decoder`` (fine-tune the VAE
 decoder with the encoder frozen; the latents do not change, so it may run beside ``dit``) -> ``dit``
--> ``export`` (write the package's embedded model). ``all`` runs whatever is not finished yet.
+-> ``distill`` (the guided many-step sampler into the engine's 4 steps) -> ``export`` (write the
+package's embedded model). ``all`` runs whatever is not finished yet.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ log = logging.getLogger(__name__)
 
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="train the embedded model (resumable)")
-    t.add_argument("stage", choices=["vae", "data", "decoder", "dit", "export", "all"])
+    t.add_argument("stage", choices=["vae", "data", "decoder", "dit", "distill", "export", "all"])
     t.add_argument("--run", default="runs/embedded", help="run folder (checkpoints, data)")
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget for this call (vae/dit)")
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--decoder-steps", type=int, default=None)
     t.add_argument("--dit-steps", type=int, default=None)
+    t.add_argument("--distill-steps", type=int, default=None)
+    t.add_argument(
+        "--distill-guidance",
+        type=float,
+        default=None,
+        help="the teacher's guidance, baked into the distilled student (default 3)",
+    )
     t.add_argument(
         "--first-prob",
         type=float,
@@ -77,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .distill import DistillConfig, distill
     from .dit_train import DiTTrainConfig, train_dit
     from .latent_data import DataConfig, build_latent_data
     from .vae_train import DecoderTuneConfig, VAETrainConfig, finetune_decoder, train_vae
@@ -97,7 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             context_probs=args.context_probs,
         ),
     )
-    stages = ["vae", "data", "decoder", "dit", "export"] if args.stage == "all" else [args.stage]
+    kcfg = DistillConfig(seed=args.seed, **_given(steps=args.distill_steps, guidance=args.distill_guidance))
+    stages = ["vae", "data", "decoder", "dit", "distill", "export"] if args.stage == "all" else [args.stage]
     data_path = run / "latents.pt"
     for stage in stages:
         if stage == "vae":
@@ -112,7 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             if _step_of(run / "vae_ckpt.pt") < vcfg.steps:
                 return 0  # budget used up; run again to resume
         elif stage == "data":
-            if args.stage == "all" and (data_path.exists() or _step_of(run / "dit_ckpt.pt") >= tcfg.steps):
+            finished = (
+                _step_of(run / "dit_ckpt.pt") >= tcfg.steps
+                and _step_of(run / "distill_ckpt.pt") >= kcfg.steps
+            )
+            if args.stage == "all" and (data_path.exists() or finished):
                 log.info("data: done (or not needed: the DiT has finished)")
                 continue
             from ..models.text_minilm import MiniLMTextEncoder
@@ -133,6 +147,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 continue
             train_dit(data_path, run, tcfg, args.minutes)
             if _step_of(run / "dit_ckpt.pt") < tcfg.steps:
+                return 0
+        elif stage == "distill":
+            if args.stage == "all" and _step_of(run / "distill_ckpt.pt") >= kcfg.steps:
+                log.info("distill: done")
+                continue
+            distill(data_path, run, kcfg, args.minutes)
+            if _step_of(run / "distill_ckpt.pt") < kcfg.steps:
                 return 0
         else:
             from .export import export_embedded

@@ -130,20 +130,57 @@ class LayoutSampler:
         bidirectional = (
             len(stages) > 1 and style in ("tick", "single") and rng.random() < self.bidirectional_prob
         )
+        blocks, positions = self._place(rng, n_ctx, nb, style == "first")
+        sigmas = ((0.0,) * batch,) * n_ctx + tuple(sig)
+        return Layout(blocks, positions, sigmas, (False,) * n_ctx + tuple(loss), n_ctx, bidirectional, style)
+
+    def _place(
+        self, rng: np.random.Generator, n_ctx: int, nb: int, at_start: bool
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Clip blocks and RoPE positions of a layout of nb blocks, the first n_ctx of them context."""
         fpb = self.frames_per_block
         if n_ctx >= 2 and rng.random() < 0.5:
             # Sink block 0, then nb-1 consecutive later blocks, after a gap of unseen frames.
             first = int(rng.integers(1, self.clip_blocks - (nb - 1) + 1))
             blocks = (0, *range(first, first + nb - 1))
             gap = fpb * int(rng.integers(0, self.max_gap_frames // fpb + 1))
-            positions = (0, *(b * fpb + gap for b in blocks[1:]))
-        else:
-            at_start = style == "first" or rng.random() < self.start_prob
-            first = 0 if at_start else int(rng.integers(0, self.clip_blocks - nb + 1))
-            blocks = tuple(range(first, first + nb))
-            positions = tuple(b * fpb for b in blocks)
-        sigmas = ((0.0,) * batch,) * n_ctx + tuple(sig)
-        return Layout(blocks, positions, sigmas, (False,) * n_ctx + tuple(loss), n_ctx, bidirectional, style)
+            return blocks, (0, *(b * fpb + gap for b in blocks[1:]))
+        at_start = at_start or rng.random() < self.start_prob
+        first = 0 if at_start else int(rng.integers(0, self.clip_blocks - nb + 1))
+        blocks = tuple(range(first, first + nb))
+        return blocks, tuple(b * fpb for b in blocks)
+
+    def sample_tick(
+        self,
+        rng: np.random.Generator,
+        batch_for,
+        lag_probs: tuple[float, ...] = (0.3, 0.15, 0.15, 0.15, 0.25),
+    ) -> tuple[Layout, tuple[int, ...]]:
+        """One tick of the engine exactly as inference runs it, for distillation: every noisy block
+        at a stage of the schedule (no jitter), lag 1..S+1 (S+1: the sequential pipeline), and with
+        probability ``style_probs[0]`` the start of a video (no context). Returns the layout and
+        the stage of each sequence block (-1 for committed context, S for the cache step)."""
+        steps = len(self.schedule_sigmas)
+        if len(lag_probs) != steps + 1:
+            raise ValueError(f"lag_probs needs {steps + 1} entries (lags 1..{steps + 1}), got {lag_probs}")
+        start = rng.random() < self.style_probs[0]
+        n_ctx = 0 if start else int(rng.choice(len(self.context_probs), p=self.context_probs))
+        lag = 1 + int(rng.choice(steps + 1, p=lag_probs))
+        # At the start of a video the oldest block may still be early in its schedule.
+        oldest = int(rng.integers(0, steps + 1))
+        stages = [oldest - i * lag for i in range(oldest // lag + 1)][: self.max_blocks]
+        if stages == [steps]:
+            stages = [int(rng.integers(0, steps))]  # a lone cache step trains nothing
+        n_ctx = min(n_ctx, self.max_blocks - len(stages))
+        nb = n_ctx + len(stages)
+        batch = int(batch_for(nb))
+        bidirectional = len(stages) > 1 and rng.random() < self.bidirectional_prob
+        blocks, positions = self._place(rng, n_ctx, nb, start)
+        sched = (*self.schedule_sigmas, 0.0)
+        sigmas = ((0.0,) * batch,) * n_ctx + tuple((sched[s],) * batch for s in stages)
+        loss = (False,) * n_ctx + tuple(s != steps for s in stages)
+        layout = Layout(blocks, positions, sigmas, loss, n_ctx, bidirectional, "tick")
+        return layout, (-1,) * n_ctx + tuple(stages)
 
 
 def layout_mask(layout: Layout, tokens_per_block: int) -> np.ndarray:

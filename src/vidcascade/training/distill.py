@@ -1,0 +1,177 @@
+"""Distil the DiT's many-step, guided sampler into the engine's 4 steps (trajectory distillation).
+
+The teacher (a frozen copy of the trained DiT) integrates the flow ODE from each schedule level to
+the next in ``substeps`` Euler steps with classifier-free guidance; the student starts as the same
+weights and learns to make that move in one step, unguided. Measured on the step-10,000 model
+(level 0, 32 eval prompts): 4 steps at guidance 5 scored colour / shape / motion 0.70 / 0.66 /
+0.56, 16 steps at guidance 3 scored 0.81 / 0.67 / 0.72; the 4-step sampler loses what the
+model knows. With the guidance baked in, the student runs each forward once instead of twice.
+
+Every training sample is one tick of the engine exactly as inference runs it
+(``LayoutSampler.sample_tick``): committed clean context, then in-flight blocks at staggered
+schedule stages (lags 1..S+1), causal or bidirectional. The teacher moves all in-flight blocks of
+the tick together, each from its own level to its next one, so the student learns the cascade's
+joint update, not only the sequential one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import model_preset
+from ..models.wan_dit import CausalWanDiT
+from .common import (
+    EMA,
+    Progress,
+    cosine_lr,
+    load_checkpoint,
+    require_at_least_one,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
+from .dit_train import Batcher, DiTTrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 1200
+    substeps: int = 4
+    """Teacher Euler steps per schedule step (4 x 4 = a 16-step teacher)."""
+    guidance: float = 3.0
+    """The teacher's classifier-free guidance, baked into the student."""
+    tokens_per_step: int = 3000
+    lr: float = 1e-4
+    warmup: int = 50
+    weight_decay: float = 0.0
+    ema: float = 0.995
+    seed: int = 0
+    checkpoint_every: int = 50
+    layouts: DiTTrainConfig = dataclasses.field(
+        default_factory=lambda: DiTTrainConfig(
+            first_prob=0.4,
+            two_object_share=0.6,
+            bidirectional_prob=0.6,
+            context_probs=(0.25, 0.15, 0.15, 0.15, 0.15, 0.15),
+        )
+    )
+    """Layout mix (video starts, context depth, attention) and clip mix; only its layout fields are used."""
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, "steps", "substeps", "tokens_per_step", "checkpoint_every")
+        if self.guidance < 1.0:
+            raise ValueError(f"guidance must be >= 1, got {self.guidance}")
+
+
+def _next_sigma(sigma: torch.Tensor, sched: tuple[float, ...]) -> torch.Tensor:
+    """Per frame, the schedule level after ``sigma`` (0 stays 0): [B, F] -> [B, F]."""
+    levels = torch.tensor((*sched, 0.0), dtype=sigma.dtype)
+    out = torch.zeros_like(sigma)
+    for a, b in zip(levels[:-1], levels[1:]):
+        out[torch.isclose(sigma, a)] = b
+    return out
+
+
+@torch.no_grad()
+def teacher_velocity(
+    teacher: CausalWanDiT,
+    x_t: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    ctx: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor,
+    substeps: int,
+    guidance: float,
+) -> torch.Tensor:
+    """The velocity that moves x_t [B, C, F, h, w] from sigma to sigma_next ([B, F]) in one step, as
+    the guided teacher does in ``substeps`` Euler steps. Frames with sigma == sigma_next (clean
+    context, cache step) do not move."""
+    b = x_t.shape[0]
+    ctx2 = torch.cat([ctx, torch.zeros_like(ctx)]) if guidance != 1.0 else ctx
+    x = x_t.clone()
+    for j in range(substeps):
+        s0 = sigma + (sigma_next - sigma) * (j / substeps)  # [B, F]
+        s1 = sigma + (sigma_next - sigma) * ((j + 1) / substeps)
+        xin, tin = (torch.cat([x, x]), torch.cat([s0, s0])) if guidance != 1.0 else (x, s0)
+        v = teacher(xin, 1000.0 * tin, ctx2, frame_pos=pos, attn_mask=mask)
+        if guidance != 1.0:
+            v = v[b:] + guidance * (v[:b] - v[b:])
+        x = x + (s1 - s0)[:, None, :, None, None] * v
+    step = (sigma_next - sigma)[:, None, :, None, None]
+    return torch.where(step != 0, (x - x_t) / step.where(step != 0, torch.ones_like(step)), 0.0)
+
+
+def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float | None = None) -> Path:
+    """Distil run_dir/dit_ema.safetensors into run_dir/dit_distilled_ema.safetensors (resumable
+    through run_dir/distill_ckpt.pt)."""
+    from safetensors.torch import load_file, save_file
+
+    src = run_dir / "dit_ema.safetensors"
+    if not src.exists():
+        raise FileNotFoundError(f"{src} is missing: train the DiT first (vidcascade train dit)")
+    ckpt_path = run_dir / "distill_ckpt.pt"
+    data = torch.load(data_path, map_location="cpu", weights_only=False)
+    teacher = CausalWanDiT(model_preset("tiny"))
+    teacher.load_state_dict(load_file(str(src)))
+    teacher.eval().requires_grad_(False)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    ema = EMA(student, cfg.ema)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    start = 0
+    if (ck := load_checkpoint(ckpt_path)) is not None:
+        start = restore_training_state(ck, student, opt, ema, rng)
+        log.info("resuming distillation at step %d", start)
+    h = data["latents"].shape[-1]
+    lay = cfg.layouts
+    batcher = Batcher(data, student.tokens_per_frame(h, h), two_object_share=lay.two_object_share)
+    sampler = lay.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
+    sched = sampler.schedule_sigmas
+    per_block = 3 * batcher.tpf
+    prog = Progress(start, cfg.steps, minutes, "distill")
+    avg = None
+    for step in prog:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        layout, _ = sampler.sample_tick(
+            rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * per_block), 4, 48)
+        )
+        x_t, t, ctx, _, loss_frames, pos, mask = batcher.make(rng, layout, len(layout.sigmas[0]))
+        sigma = t / 1000.0  # [B, F]
+        target = teacher_velocity(
+            teacher, x_t, sigma, _next_sigma(sigma, sched), ctx, pos, mask, cfg.substeps, cfg.guidance
+        )
+        v = student(x_t, t, ctx, frame_pos=pos, attn_mask=mask)
+        loss = (v - target).square().mean(dim=(1, 3, 4))[:, loss_frames].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        ema.update(student, step)
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        prog.post(loss=avg, blocks=len(layout.clip_blocks))
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(
+                ckpt_path, **training_state(student, opt, ema, rng, step + 1, dataclasses.asdict(cfg))
+            )
+            save_file(
+                {k: v.contiguous() for k, v in ema.state_dict().items()},
+                str(run_dir / "dit_distilled_ema.safetensors"),
+                metadata={
+                    "step": str(step + 1),
+                    "guidance": str(cfg.guidance),
+                    "substeps": str(cfg.substeps),
+                },
+            )
+    return run_dir / "dit_distilled_ema.safetensors"

@@ -1,0 +1,106 @@
+"""Distillation: the teacher's target is its own guided Euler integration; ticks match inference."""
+
+import numpy as np
+import pytest
+import torch
+
+from _micro import MICRO
+from vidcascade.models.wan_dit import CausalWanDiT, init_weights
+from vidcascade.training.distill import DistillConfig, _next_sigma, teacher_velocity
+from vidcascade.training.dit_train import Batcher
+from vidcascade.training.layouts import LayoutSampler
+
+
+def _batch(seed=0, n=4):
+    g = torch.Generator().manual_seed(seed)
+    data = {
+        "latents": torch.randn(n, MICRO.in_dim, 15, 4, 4, generator=g).half(),
+        "text": torch.randn(n, 2, MICRO.text_len, MICRO.text_dim, generator=g).half(),
+    }
+    sampler = LayoutSampler(clip_blocks=5, max_blocks=5)
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):  # a tick with context, a cache-step block and noisy blocks
+        layout, stages = sampler.sample_tick(rng, lambda nb: 2, lag_probs=(0, 1.0, 0, 0, 0))
+        if layout.n_context and stages[-1] < 3 and 4 in stages:
+            break
+    else:
+        raise AssertionError("no such tick drawn")
+    return Batcher(data, 4).make(rng, layout, 2), layout, stages, sampler
+
+
+def test_sample_tick_is_an_inference_tick():
+    s = LayoutSampler()
+    rng = np.random.default_rng(0)
+    sched = (*s.schedule_sigmas, 0.0)
+    starts = 0
+    for _ in range(300):
+        lay, stages = s.sample_tick(rng, lambda nb: 2)
+        noisy = [st for st in stages if st >= 0]
+        assert stages[: lay.n_context] == (-1,) * lay.n_context and len(noisy) == len(stages) - lay.n_context
+        assert noisy == sorted(noisy, reverse=True) and len(set(np.diff(noisy))) <= 1  # one lag
+        for st, sg, trained in zip(stages, lay.sigmas, lay.loss):
+            assert sg == ((sched[st],) * 2 if st >= 0 else (0.0, 0.0))
+            assert trained == (0 <= st < len(s.schedule_sigmas))
+        assert any(lay.loss)
+        starts += lay.n_context == 0 and lay.clip_blocks[0] == 0
+    assert starts > 50
+
+
+def test_teacher_velocity_is_its_guided_euler_integration():
+    torch.manual_seed(0)
+    teacher = init_weights(CausalWanDiT(MICRO), 3).eval()
+    (x_t, t, ctx, _, loss_frames, pos, mask), layout, _, sampler = _batch()
+    sigma = t / 1000
+    nxt = _next_sigma(sigma, sampler.schedule_sigmas)
+    assert (nxt[:, ~loss_frames] == sigma[:, ~loss_frames]).all() and (
+        nxt[:, loss_frames] < sigma[:, loss_frames]
+    ).all()
+    # One substep without guidance: the teacher's own velocity on the moving frames, 0 elsewhere.
+    v1 = teacher_velocity(teacher, x_t, sigma, nxt, ctx, pos, mask, substeps=1, guidance=1.0)
+    with torch.no_grad():
+        v = teacher(x_t, t, ctx, frame_pos=pos, attn_mask=mask)
+    assert torch.allclose(v1[:, :, loss_frames], v[:, :, loss_frames], atol=1e-5)
+    assert (v1[:, :, ~loss_frames] == 0).all()
+    # Three guided substeps, written out by hand.
+    g, x = 2.5, x_t.clone()
+    with torch.no_grad():
+        for j in range(3):
+            s0, s1 = sigma + (nxt - sigma) * j / 3, sigma + (nxt - sigma) * (j + 1) / 3
+            vc = teacher(x, 1000 * s0, ctx, frame_pos=pos, attn_mask=mask)
+            vu = teacher(x, 1000 * s0, torch.zeros_like(ctx), frame_pos=pos, attn_mask=mask)
+            x = x + (s1 - s0)[:, None, :, None, None] * (vu + g * (vc - vu))
+    v3 = teacher_velocity(teacher, x_t, sigma, nxt, ctx, pos, mask, substeps=3, guidance=g)
+    moved = x_t + (nxt - sigma)[:, None, :, None, None] * v3
+    assert torch.allclose(moved, x, atol=1e-5)
+
+
+def test_distill_steps_learn_and_resume(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vidcascade.config import model_preset
+    from vidcascade.training.distill import distill
+    from vidcascade.training.dit_train import DiTTrainConfig
+
+    cfg = model_preset("tiny")
+    g = torch.Generator().manual_seed(0)
+    n = 4
+    torch.save(
+        {
+            "latents": torch.randn(n, cfg.in_dim, 12, 8, 8, generator=g).half(),
+            "text": torch.randn(n, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
+            "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(n)],
+        },
+        tmp_path / "latents.pt",
+    )
+    save_file(init_weights(CausalWanDiT(cfg), 1).state_dict(), str(tmp_path / "dit_ema.safetensors"))
+    dcfg = DistillConfig(
+        steps=2, substeps=2, tokens_per_step=200, checkpoint_every=1, layouts=DiTTrainConfig()
+    )
+    out = distill(tmp_path / "latents.pt", tmp_path, dcfg)
+    first = load_file(str(out))
+    assert torch.load(tmp_path / "distill_ckpt.pt", weights_only=False)["step"] == 2
+    distill(tmp_path / "latents.pt", tmp_path, DistillConfig(**{**dcfg.__dict__, "steps": 3}))
+    assert torch.load(tmp_path / "distill_ckpt.pt", weights_only=False)["step"] == 3
+    assert any(not torch.equal(first[k], v) for k, v in load_file(str(out)).items())
+    with pytest.raises(ValueError, match="guidance"):
+        DistillConfig(guidance=0.5)

@@ -109,18 +109,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     kcfg = DistillConfig(seed=args.seed, **_given(steps=args.distill_steps, guidance=args.distill_guidance))
     stages = ["vae", "data", "decoder", "dit", "distill", "export"] if args.stage == "all" else [args.stage]
     data_path = run / "latents.pt"
+    # Resumable stages: (checkpoint, steps, run). With `all`, a finished stage is skipped; a stage
+    # that stopped at its time budget ends the call (run it again to resume).
+    resumable = {
+        "vae": ("vae_ckpt.pt", vcfg.steps, lambda: train_vae(run, vcfg, args.minutes)),
+        "decoder": ("vae_dec_ckpt.pt", ftcfg.steps, lambda: finetune_decoder(run, ftcfg, args.minutes)),
+        "dit": ("dit_ckpt.pt", tcfg.steps, lambda: train_dit(data_path, run, tcfg, args.minutes)),
+        "distill": ("distill_ckpt.pt", kcfg.steps, lambda: distill(data_path, run, kcfg, args.minutes)),
+    }
     for stage in stages:
-        if stage == "vae":
-            if (
-                args.stage == "all"
-                and (run / "vae.safetensors").exists()
-                and _step_of(run / "vae_ckpt.pt") >= vcfg.steps
-            ):
-                log.info("vae: done")
+        if stage in resumable:
+            ckpt, steps, run_stage = resumable[stage]
+            done = _step_of(run / ckpt) >= steps and (stage != "vae" or (run / "vae.safetensors").exists())
+            if args.stage == "all" and done:
+                log.info("%s: done", stage)
                 continue
-            train_vae(run, vcfg, args.minutes)
-            if _step_of(run / "vae_ckpt.pt") < vcfg.steps:
-                return 0  # budget used up; run again to resume
+            run_stage()
+            if _step_of(run / ckpt) < steps:
+                return 0
         elif stage == "data":
             finished = (
                 _step_of(run / "dit_ckpt.pt") >= tcfg.steps
@@ -134,27 +140,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             vae = load_wan_vae(run / "vae.safetensors", dtype=torch.float32)
             build_latent_data(vae, MiniLMTextEncoder.from_package(text_len=32), data_path, dcfg)
-        elif stage == "decoder":
-            if args.stage == "all" and _step_of(run / "vae_dec_ckpt.pt") >= ftcfg.steps:
-                log.info("decoder: done")
-                continue
-            finetune_decoder(run, ftcfg, args.minutes)
-            if _step_of(run / "vae_dec_ckpt.pt") < ftcfg.steps:
-                return 0
-        elif stage == "dit":
-            if args.stage == "all" and _step_of(run / "dit_ckpt.pt") >= tcfg.steps:
-                log.info("dit: done")
-                continue
-            train_dit(data_path, run, tcfg, args.minutes)
-            if _step_of(run / "dit_ckpt.pt") < tcfg.steps:
-                return 0
-        elif stage == "distill":
-            if args.stage == "all" and _step_of(run / "distill_ckpt.pt") >= kcfg.steps:
-                log.info("distill: done")
-                continue
-            distill(data_path, run, kcfg, args.minutes)
-            if _step_of(run / "distill_ckpt.pt") < kcfg.steps:
-                return 0
         else:
             from .export import export_embedded
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -134,3 +135,60 @@ class Progress:
 
     def post(self, **kw: float) -> None:
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in kw.items()}, refresh=False)
+
+
+def start_run(model: nn.Module, cfg, ckpt_path: Path, label: str):
+    """AdamW (cfg.lr, cfg.weight_decay), EMA (cfg.ema) and the seeded generator of a DiT trainer,
+    restored from ckpt_path when a previous run left one. Returns (opt, ema, rng, start step)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    ema = EMA(model, cfg.ema)
+    rng = np.random.default_rng(cfg.seed)
+    start = 0
+    if (ck := load_checkpoint(ckpt_path)) is not None:
+        start = restore_training_state(ck, model, opt, ema, rng)
+        log.info("resuming %s at step %d", label, start)
+    return opt, ema, rng, start
+
+
+def fit(
+    model: nn.Module,
+    opt,
+    ema: EMA,
+    rng: np.random.Generator,
+    start: int,
+    cfg,
+    step_loss,
+    *,
+    desc: str,
+    ckpt_path: Path,
+    ema_path: Path,
+    minutes: float | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """The resumable loop of the DiT trainers: cosine learning rate, gradient clipping at 1, EMA,
+    checkpoint (everything a resume needs) and EMA safetensors every ``cfg.checkpoint_every`` steps.
+    ``step_loss()`` returns (loss, extra numbers for the progress bar). Returns the step reached."""
+    from safetensors.torch import save_file
+
+    prog = Progress(start, cfg.steps, minutes, desc)
+    avg = None
+    for step in prog:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        loss, extra = step_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model, step)
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        prog.post(loss=avg, **extra)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            config = dataclasses.asdict(cfg)
+            save_checkpoint(ckpt_path, **training_state(model, opt, ema, rng, step + 1, config))
+            save_file(
+                {k: v.contiguous() for k, v in ema.state_dict().items()},
+                str(ema_path),
+                metadata={"step": str(step + 1), **(metadata or {})},
+            )
+    return prog.step

@@ -27,16 +27,7 @@ import torch
 
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT
-from .common import (
-    EMA,
-    Progress,
-    cosine_lr,
-    load_checkpoint,
-    require_at_least_one,
-    restore_training_state,
-    save_checkpoint,
-    training_state,
-)
+from .common import fit, require_at_least_one, start_run
 from .dit_train import Batcher, DiTTrainConfig
 
 log = logging.getLogger(__name__)
@@ -114,7 +105,7 @@ def teacher_velocity(
 def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float | None = None) -> Path:
     """Distil run_dir/dit_ema.safetensors into run_dir/dit_distilled_ema.safetensors (resumable
     through run_dir/distill_ckpt.pt)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     src = run_dir / "dit_ema.safetensors"
     if not src.exists():
@@ -125,25 +116,16 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
     teacher.load_state_dict(load_file(str(src)))
     teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    ema = EMA(student, cfg.ema)
-    rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    start = 0
-    if (ck := load_checkpoint(ckpt_path)) is not None:
-        start = restore_training_state(ck, student, opt, ema, rng)
-        log.info("resuming distillation at step %d", start)
+    opt, ema, rng, start = start_run(student, cfg, ckpt_path, "distillation")
     h = data["latents"].shape[-1]
     lay = cfg.layouts
     batcher = Batcher(data, student.tokens_per_frame(h, h), two_object_share=lay.two_object_share)
     sampler = lay.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     sched = sampler.schedule_sigmas
     per_block = 3 * batcher.tpf
-    prog = Progress(start, cfg.steps, minutes, "distill")
-    avg = None
-    for step in prog:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+
+    def step_loss():
         layout, _ = sampler.sample_tick(
             rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * per_block), 4, 48)
         )
@@ -154,24 +136,20 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
         )
         v = student(x_t, t, ctx, frame_pos=pos, attn_mask=mask)
         loss = (v - target).square().mean(dim=(1, 3, 4))[:, loss_frames].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        ema.update(student, step)
-        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
-        prog.post(loss=avg, blocks=len(layout.clip_blocks))
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(
-                ckpt_path, **training_state(student, opt, ema, rng, step + 1, dataclasses.asdict(cfg))
-            )
-            save_file(
-                {k: v.contiguous() for k, v in ema.state_dict().items()},
-                str(run_dir / "dit_distilled_ema.safetensors"),
-                metadata={
-                    "step": str(step + 1),
-                    "guidance": str(cfg.guidance),
-                    "substeps": str(cfg.substeps),
-                },
-            )
+        return loss, {"blocks": len(layout.clip_blocks)}
+
+    fit(
+        student,
+        opt,
+        ema,
+        rng,
+        start,
+        cfg,
+        step_loss,
+        desc="distill",
+        ckpt_path=ckpt_path,
+        ema_path=run_dir / "dit_distilled_ema.safetensors",
+        minutes=minutes,
+        metadata={"guidance": str(cfg.guidance), "substeps": str(cfg.substeps)},
+    )
     return run_dir / "dit_distilled_ema.safetensors"

@@ -10,7 +10,6 @@ cascade ticks in the training mix.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +19,7 @@ import torch
 
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT, init_weights
-from .common import (
-    EMA,
-    Progress,
-    cosine_lr,
-    load_checkpoint,
-    require_at_least_one,
-    restore_training_state,
-    save_checkpoint,
-    training_state,
-)
+from .common import fit, require_at_least_one, start_run
 from .layouts import LayoutSampler, layout_mask
 
 log = logging.getLogger(__name__)
@@ -157,22 +147,14 @@ def dit_loss(model, x_t, t, ctx, target, loss_frames, pos, mask, bf16: bool) -> 
 
 
 def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: float | None = None) -> Path:
-    """Train (or resume) into out_dir/dit_ckpt.pt; writes out_dir/dit_ema.safetensors at the end."""
-    from safetensors.torch import save_file
-
+    """Train (or resume) into out_dir/dit_ckpt.pt; writes out_dir/dit_ema.safetensors at each checkpoint."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "dit_ckpt.pt"
     data = torch.load(data_path, map_location="cpu", weights_only=False)
     mcfg = model_preset("tiny")
     torch.manual_seed(cfg.seed)
     model = init_weights(CausalWanDiT(mcfg), cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    ema = EMA(model, cfg.ema)
-    rng = np.random.default_rng(cfg.seed)
-    start = 0
-    if (ck := load_checkpoint(ckpt_path)) is not None:
-        start = restore_training_state(ck, model, opt, ema, rng)
-        log.info("resuming DiT training at step %d", start)
+    opt, ema, rng, start = start_run(model, cfg, ckpt_path, "DiT training")
     h = data["latents"].shape[-1]
     batcher = Batcher(
         data,
@@ -184,28 +166,23 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
     bf16 = cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16
     log.info("DiT training in %s", "bf16 autocast" if bf16 else "fp32")
     model.train()
-    prog = Progress(start, cfg.steps, minutes, "dit")
-    avg = None
-    for step in prog:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+
+    def step_loss():
         layout = sampler.sample(rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * 3 * batcher.tpf), 8, 64))
-        nb = len(layout.clip_blocks)
         loss = dit_loss(model, *batcher.make(rng, layout, len(layout.sigmas[0])), bf16)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model, step)
-        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
-        prog.post(loss=avg, blocks=nb)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(
-                ckpt_path, **training_state(model, opt, ema, rng, step + 1, dataclasses.asdict(cfg))
-            )
-            save_file(
-                {k: v.contiguous() for k, v in ema.state_dict().items()},
-                str(out_dir / "dit_ema.safetensors"),
-                metadata={"step": str(step + 1)},
-            )
+        return loss, {"blocks": len(layout.clip_blocks)}
+
+    fit(
+        model,
+        opt,
+        ema,
+        rng,
+        start,
+        cfg,
+        step_loss,
+        desc="dit",
+        ckpt_path=ckpt_path,
+        ema_path=out_dir / "dit_ema.safetensors",
+        minutes=minutes,
+    )
     return out_dir / "dit_ema.safetensors"

@@ -144,7 +144,9 @@ def test_export_then_load_embedded(tmp_path):
     dest = export_embedded(run, tmp_path / "assets2")
     info = json.loads((dest / "model.json").read_text())
     assert info["train_step"] == "?+distill3" and info["distilled"]["teacher_guidance"] == "3.0"
-    bundle = load_embedded(folder=dest)
+    from vidcascade.models.registry import load_bundle
+
+    bundle = load_bundle(str(dest))  # an exported folder is a model folder of its own
     assert bundle.sampling.guidance == 1.0
     assert torch.equal(bundle.dit.state_dict()["head.head.weight"], student.state_dict()["head.head.weight"])
 

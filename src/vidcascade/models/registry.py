@@ -68,9 +68,15 @@ def load_bundle(
     if name in BUILTIN:
         bundle = BUILTIN[name](device)
     elif Path(name).exists():
-        from .bundle_folder import load_bundle_folder
+        from .embedded import embedded_available, load_embedded
 
-        bundle = load_bundle_folder(Path(name), device=device, dtype=dtype)
+        if Path(name).is_dir() and embedded_available(Path(name)):
+            # An embedded-format folder (model.json + dit/vae safetensors), e.g. `train export --dest`.
+            bundle = load_embedded(device, folder=Path(name))
+        else:
+            from .bundle_folder import load_bundle_folder
+
+            bundle = load_bundle_folder(Path(name), device=device, dtype=dtype)
     else:
         raise ValueError(f"unknown model {name!r}: not a built-in ({', '.join(BUILTIN)}) and no such path")
     if dtype is not None and bundle.dit.patch_embedding.weight.dtype != dtype:

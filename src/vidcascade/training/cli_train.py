@@ -69,11 +69,19 @@ def _probs(text: str) -> tuple[float, ...]:
 
 
 def _step_of(ckpt: Path) -> int:
+    """Step a stage reached: from its resume checkpoint, or for distillation (whose finished run
+    keeps only its product) from the step written into dit_distilled_ema.safetensors."""
     import torch
 
-    if not ckpt.exists():
-        return 0
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+    if ckpt.exists():
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+    product = ckpt.parent / "dit_distilled_ema.safetensors"
+    if ckpt.name == "distill_ckpt.pt" and product.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(product), "pt") as f:
+            return int((f.metadata() or {}).get("step", 0))
+    return 0
 
 
 def _given(**overrides) -> dict:

@@ -35,12 +35,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistillConfig:
-    steps: int = 1200
+    steps: int = 1500
     substeps: int = 4
     """Teacher Euler steps per schedule step (4 x 4 = a 16-step teacher)."""
     guidance: float = 3.0
     """The teacher's classifier-free guidance, baked into the student."""
-    tokens_per_step: int = 3000
+    tokens_per_step: int = 2000
     lr: float = 1e-4
     warmup: int = 50
     weight_decay: float = 0.0

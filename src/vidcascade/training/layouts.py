@@ -119,10 +119,10 @@ class LayoutSampler:
         elif style == "tick":
             lag = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.2, 0.2, 0.2]))
             oldest = int(rng.integers(lag, steps + 1))  # stage of the oldest in-flight block
-            stages = [oldest - i * lag for i in range(oldest // lag + 1)][:5]
+            stages = [oldest - i * lag for i in range(oldest // lag + 1)][: min(5, self._room)]
         else:
             stages = [None] * int(rng.integers(2, 4))
-        n_ctx = min(n_ctx, self.max_blocks - len(stages))
+        n_ctx = max(0, min(n_ctx, self._room - len(stages)))
         nb = n_ctx + len(stages)
         batch = int(batch_for(nb))
         sig = [(0.0,) * batch if s == steps else self._sigma(rng, batch, s) for s in stages]
@@ -133,6 +133,11 @@ class LayoutSampler:
         blocks, positions = self._place(rng, n_ctx, nb, style == "first")
         sigmas = ((0.0,) * batch,) * n_ctx + tuple(sig)
         return Layout(blocks, positions, sigmas, (False,) * n_ctx + tuple(loss), n_ctx, bidirectional, style)
+
+    @property
+    def _room(self) -> int:
+        """Most blocks a layout may hold: within max_blocks and within one clip."""
+        return min(self.max_blocks, self.clip_blocks)
 
     def _place(
         self, rng: np.random.Generator, n_ctx: int, nb: int, at_start: bool
@@ -168,10 +173,10 @@ class LayoutSampler:
         lag = 1 + int(rng.choice(steps + 1, p=lag_probs))
         # At the start of a video the oldest block may still be early in its schedule.
         oldest = int(rng.integers(0, steps + 1))
-        stages = [oldest - i * lag for i in range(oldest // lag + 1)][: self.max_blocks]
+        stages = [oldest - i * lag for i in range(oldest // lag + 1)][: self._room]
         if stages == [steps]:
             stages = [int(rng.integers(0, steps))]  # a lone cache step trains nothing
-        n_ctx = min(n_ctx, self.max_blocks - len(stages))
+        n_ctx = max(0, min(n_ctx, self._room - len(stages)))
         nb = n_ctx + len(stages)
         batch = int(batch_for(nb))
         bidirectional = len(stages) > 1 and rng.random() < self.bidirectional_prob

@@ -49,9 +49,9 @@ def test_sample_tick_is_an_inference_tick():
 def test_teacher_velocity_is_its_guided_euler_integration():
     torch.manual_seed(0)
     teacher = init_weights(CausalWanDiT(MICRO), 3).eval()
-    (x_t, t, ctx, _, loss_frames, pos, mask), layout, _, sampler = _batch()
+    (x_t, t, ctx, _, loss_frames, pos, mask), layout, stages, sampler = _batch()
     sigma = t / 1000
-    nxt = _next_sigma(sigma, sampler.schedule_sigmas)
+    nxt = _next_sigma(stages, sampler.schedule_sigmas, x_t.shape[0], 3)
     assert (nxt[:, ~loss_frames] == sigma[:, ~loss_frames]).all() and (
         nxt[:, loss_frames] < sigma[:, loss_frames]
     ).all()

@@ -68,15 +68,14 @@ def _probs(text: str) -> tuple[float, ...]:
     return probs
 
 
-def _step_of(ckpt: Path) -> int:
-    """Step a stage reached: from its resume checkpoint, or for distillation (whose finished run
-    keeps only its product) from the step written into dit_distilled_ema.safetensors."""
+def _step_of(ckpt: Path, product: Path | None = None) -> int:
+    """Step a stage reached: from its resume checkpoint, else from the step in its product's
+    safetensors metadata (a finished distillation keeps only its product in the run folder)."""
     import torch
 
     if ckpt.exists():
         return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
-    product = ckpt.parent / "dit_distilled_ema.safetensors"
-    if ckpt.name == "distill_ckpt.pt" and product.exists():
+    if product is not None and product.exists():
         from safetensors import safe_open
 
         with safe_open(str(product), "pt") as f:
@@ -119,27 +118,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     data_path = run / "latents.pt"
     # Resumable stages: (checkpoint, steps, run). With `all`, a finished stage is skipped; a stage
     # that stopped at its time budget ends the call (run it again to resume).
+    distilled = run / "dit_distilled_ema.safetensors"
     resumable = {
         "vae": ("vae_ckpt.pt", vcfg.steps, lambda: train_vae(run, vcfg, args.minutes)),
         "decoder": ("vae_dec_ckpt.pt", ftcfg.steps, lambda: finetune_decoder(run, ftcfg, args.minutes)),
         "dit": ("dit_ckpt.pt", tcfg.steps, lambda: train_dit(data_path, run, tcfg, args.minutes)),
         "distill": ("distill_ckpt.pt", kcfg.steps, lambda: distill(data_path, run, kcfg, args.minutes)),
     }
+
+    def reached(stage: str) -> int:
+        return _step_of(run / resumable[stage][0], distilled if stage == "distill" else None)
+
     for stage in stages:
         if stage in resumable:
-            ckpt, steps, run_stage = resumable[stage]
-            done = _step_of(run / ckpt) >= steps and (stage != "vae" or (run / "vae.safetensors").exists())
+            _, steps, run_stage = resumable[stage]
+            done = reached(stage) >= steps and (stage != "vae" or (run / "vae.safetensors").exists())
             if args.stage == "all" and done:
                 log.info("%s: done", stage)
                 continue
             run_stage()
-            if _step_of(run / ckpt) < steps:
+            if reached(stage) < steps:
                 return 0
         elif stage == "data":
-            finished = (
-                _step_of(run / "dit_ckpt.pt") >= tcfg.steps
-                and _step_of(run / "distill_ckpt.pt") >= kcfg.steps
-            )
+            finished = reached("dit") >= tcfg.steps and reached("distill") >= kcfg.steps
             if args.stage == "all" and (data_path.exists() or finished):
                 log.info("data: done (or not needed: the DiT has finished)")
                 continue

@@ -47,14 +47,7 @@ class DistillConfig:
     ema: float = 0.995
     seed: int = 0
     checkpoint_every: int = 50
-    layouts: DiTTrainConfig = dataclasses.field(
-        default_factory=lambda: DiTTrainConfig(
-            first_prob=0.4,
-            two_object_share=0.6,
-            bidirectional_prob=0.6,
-            context_probs=(0.25, 0.15, 0.15, 0.15, 0.15, 0.15),
-        )
-    )
+    layouts: DiTTrainConfig = dataclasses.field(default_factory=lambda: DiTTrainConfig(first_prob=0.4))
     """Layout mix (video starts, context depth, attention) and clip mix; only its layout fields are used."""
 
     def __post_init__(self) -> None:
@@ -63,13 +56,12 @@ class DistillConfig:
             raise ValueError(f"guidance must be >= 1, got {self.guidance}")
 
 
-def _next_sigma(sigma: torch.Tensor, sched: tuple[float, ...]) -> torch.Tensor:
-    """Per frame, the schedule level after ``sigma`` (0 stays 0): [B, F] -> [B, F]."""
-    levels = torch.tensor((*sched, 0.0), dtype=sigma.dtype)
-    out = torch.zeros_like(sigma)
-    for a, b in zip(levels[:-1], levels[1:]):
-        out[torch.isclose(sigma, a)] = b
-    return out
+def _next_sigma(stages: tuple[int, ...], sched: tuple[float, ...], batch: int, fpb: int) -> torch.Tensor:
+    """Per frame, the level each block moves to this tick: [B, F]. Committed context (stage -1) and
+    the cache step (stage S) stay clean."""
+    after = (*sched[1:], 0.0)
+    levels = [after[st] if 0 <= st < len(sched) else 0.0 for st in stages]
+    return torch.tensor(levels, dtype=torch.float32).repeat_interleave(fpb)[None].expand(batch, -1)
 
 
 @torch.no_grad()
@@ -126,14 +118,13 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
     per_block = 3 * batcher.tpf
 
     def step_loss():
-        layout, _ = sampler.sample_tick(
+        layout, stages = sampler.sample_tick(
             rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * per_block), 4, 48)
         )
         x_t, t, ctx, _, loss_frames, pos, mask = batcher.make(rng, layout, len(layout.sigmas[0]))
         sigma = t / 1000.0  # [B, F]
-        target = teacher_velocity(
-            teacher, x_t, sigma, _next_sigma(sigma, sched), ctx, pos, mask, cfg.substeps, cfg.guidance
-        )
+        nxt = _next_sigma(stages, sched, x_t.shape[0], batcher.fpb)
+        target = teacher_velocity(teacher, x_t, sigma, nxt, ctx, pos, mask, cfg.substeps, cfg.guidance)
         v = student(x_t, t, ctx, frame_pos=pos, attn_mask=mask)
         loss = (v - target).square().mean(dim=(1, 3, 4))[:, loss_frames].mean()
         return loss, {"blocks": len(layout.clip_blocks)}

@@ -48,9 +48,9 @@ class DiTTrainConfig:
     0.77, from text alone 0.38 / 0.35, so the first block is where extra steps pay."""
     two_object_share: float | None = 0.6
     """Share of samples drawn from two-object clips (None: as they come in the data, 40%, as up to
-    step 10,000). Two
-    objects are where the step-10,000 model failed: at level 0 one-object prompts scored colour /
-    shape / motion 0.86 / 0.88 / 0.79, two-object prompts 0.55 / 0.45 / 0.34 (64 eval prompts)."""
+    step 10,000). Two objects are where the step-10,000 model failed: at level 0 one-object
+    prompts scored colour / shape / motion 0.86 / 0.88 / 0.79, two-object prompts 0.55 / 0.45 /
+    0.34 (64 eval prompts)."""
     bidirectional_prob: float = 0.6
     """Share of multi-block tick layouts with bidirectional in-flight attention (0.45 to step
     10,000)."""
@@ -95,22 +95,22 @@ class Batcher:
         self.tpf = tokens_per_frame
         self.fpb = frames_per_block
         self.text_dropout = text_dropout
-        self.pools = None
+        self.two_object_share = two_object_share
         if two_object_share is not None:
             if "attrs" not in data:
                 raise ValueError("two_object_share needs the data's per-clip 'attrs' (rebuild: train data)")
             count = np.array([len(a) for a in data["attrs"]])
-            self.pools = (np.flatnonzero(count == 1), np.flatnonzero(count == 2), two_object_share)
-            if not len(self.pools[0]) or not len(self.pools[1]):
+            self.one, self.two = np.flatnonzero(count == 1), np.flatnonzero(count == 2)
+            if not len(self.one) or not len(self.two):
                 raise ValueError("two_object_share needs both one- and two-object clips in the data")
 
     def _clips(self, rng: np.random.Generator, batch: int) -> np.ndarray:
-        if self.pools is None:
+        """Clip indices [batch]: uniform, or two-object clips at ``two_object_share``."""
+        if self.two_object_share is None:
             return rng.integers(0, self.text.shape[0], size=batch)
-        one, two, share = self.pools
-        pick_two = rng.random(batch) < share
-        from_two = two[rng.integers(len(two), size=batch)]
-        from_one = one[rng.integers(len(one), size=batch)]
+        pick_two = rng.random(batch) < self.two_object_share
+        from_two = self.two[rng.integers(len(self.two), size=batch)]
+        from_one = self.one[rng.integers(len(self.one), size=batch)]
         return np.where(pick_two, from_two, from_one)
 
     def make(self, rng: np.random.Generator, layout, batch: int):

@@ -132,6 +132,7 @@ def test_export_then_load_embedded(tmp_path):
     dest = export_embedded(run, tmp_path / "assets")
     assert json.loads((dest / "model.json").read_text())["train_step"] == "7"
     bundle = load_embedded(folder=dest)
+    assert not hasattr(bundle.text_encoder, "max_clauses")  # no text mode recorded: whole sentences
     for k, v in dit.state_dict().items():
         assert torch.equal(bundle.dit.state_dict()[k], v), k
     video = Engine(bundle).generate("a red circle moving right", 2, seed=0)
@@ -139,15 +140,19 @@ def test_export_then_load_embedded(tmp_path):
     assert bundle.sampling.guidance == 5.0
     # A distilled DiT in the run wins and is exported unguided (its teacher's guidance is built in).
     student = init_weights(CausalWanDiT(model_preset("tiny")), 2)
-    meta = {"step": "3", "guidance": "3.0", "substeps": "4"}
+    meta = {"step": "3", "guidance": "3.0", "substeps": "4", "text_mode": "clauses"}
     save_file(student.state_dict(), str(run / "dit_distilled_ema.safetensors"), metadata=meta)
     dest = export_embedded(run, tmp_path / "assets2")
     info = json.loads((dest / "model.json").read_text())
     assert info["train_step"] == "?+distill3" and info["distilled"]["teacher_guidance"] == "3.0"
+    assert info["text"] == {"encoder": "minilm", "mode": "clauses"}
     from vidcascade.models.registry import load_bundle
 
     bundle = load_bundle(str(dest))  # an exported folder is a model folder of its own
     assert bundle.sampling.guidance == 1.0
+    from vidcascade.models.text_clauses import ClauseTextEncoder
+
+    assert isinstance(bundle.text_encoder, ClauseTextEncoder)  # it was trained on clause-wise text
     assert torch.equal(bundle.dit.state_dict()["head.head.weight"], student.state_dict()["head.head.weight"])
 
 
@@ -192,3 +197,81 @@ def test_shipped_embedded_model_is_the_default_and_generates():
     video = Engine(bundle).generate("a red circle moving right", 2, seed=0)
     assert video.frames.shape == (1, 6, 64, 64, 3) and video.frames.dtype == np.uint8
     assert video.frames.max() > 100  # something brighter than the dark background was drawn
+
+
+def test_vae_latent_noise_is_relative_to_each_channel():
+    from vidcascade.training.vae_train import VAETrainConfig, latent_noise_scale
+
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(4, 3, 2, 5, 5, generator=g) * torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1, 1, 1)
+    scale = latent_noise_scale(mu, VAETrainConfig(latent_noise=0.3))
+    assert scale.shape == (1, 3, 1, 1, 1)
+    spread = torch.tensor([0.1, 1.0, 10.0])
+    assert torch.allclose(scale.flatten() / (0.3 * spread), torch.ones(3), rtol=0.25)
+    # Scaling the latent up does not outgrow the noise (the old absolute noise allowed that).
+    assert torch.allclose(
+        latent_noise_scale(5 * mu, VAETrainConfig()), 5 * latent_noise_scale(mu, VAETrainConfig())
+    )
+    assert latent_noise_scale(mu, VAETrainConfig(latent_noise=0.1, relative_noise=False)) == 0.1
+
+
+def test_reencode_text_replaces_only_the_text(tmp_path):
+    from vidcascade.training.latent_data import DataConfig, data_text_mode, reencode_text
+
+    data = {**_fake_data(n=3), "captions": [["a b", "c"], ["d e f", "g"], ["h", "i j"]]}
+    data["config"] = {"clips": 3}
+    torch.save(data, tmp_path / "latents.pt")
+    assert data_text_mode(data) == "sentence"  # files from before text modes
+
+    class Enc:
+        text_len, text_dim = MICRO.text_len, MICRO.text_dim
+
+        def encode(self, prompts):
+            return torch.tensor([float(len(p)) for p in prompts])[:, None, None].expand(
+                -1, self.text_len, self.text_dim
+            )
+
+    reencode_text(tmp_path / "latents.pt", Enc(), "clauses")
+    out = torch.load(tmp_path / "latents.pt", weights_only=False)
+    assert torch.equal(out["latents"], data["latents"]) and data_text_mode(out) == "clauses"
+    assert out["text"].shape == (3, 2, MICRO.text_len, MICRO.text_dim)
+    assert out["text"][1, 0, 0, 0] == 5.0 and out["text"][2, 1, 0, 0] == 3.0
+    with pytest.raises(ValueError, match="text mode"):
+        DataConfig(text_mode="words")
+
+
+def test_dit_init_from_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from vidcascade.config import model_preset
+    from vidcascade.training.dit_train import DiTTrainConfig, load_dit_weights, train_dit
+
+    cfg = model_preset("tiny")
+    src = init_weights(CausalWanDiT(cfg), 5).state_dict()
+    save_file(src, str(tmp_path / "init.safetensors"))
+    torch.save({"ema": src, "step": 3}, tmp_path / "ck.pt")
+    for path in (tmp_path / "init.safetensors", tmp_path / "ck.pt"):
+        got = load_dit_weights(path)
+        assert all(torch.equal(got[k], v) for k, v in src.items())
+    torch.save({"model": src}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="ema"):
+        load_dit_weights(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError):
+        load_dit_weights(tmp_path / "missing.pt")
+    g = torch.Generator().manual_seed(0)
+    torch.save(
+        {
+            "latents": torch.randn(4, cfg.in_dim, 12, 8, 8, generator=g).half(),
+            "text": torch.randn(4, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
+            "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(4)],
+            "config": {"text_mode": "clauses"},
+        },
+        tmp_path / "latents.pt",
+    )
+    tcfg = DiTTrainConfig(steps=1, lr=1e-12, warmup=1, tokens_per_step=200, init_from=str(tmp_path / "ck.pt"))
+    out = train_dit(tmp_path / "latents.pt", tmp_path / "run", tcfg)
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["text_mode"] == "clauses"
+        assert torch.allclose(f.get_tensor("head.head.weight"), src["head.head.weight"], atol=1e-6)

@@ -3,7 +3,8 @@ world (training/), shipped inside the package with its Wan-architecture VAE.
 
 Files (``vidcascade/assets/embedded``): ``model.json`` (geometry, sampling, cache, provenance),
 ``dit.safetensors`` (original Wan key names), ``vae.safetensors`` (original Wan VAE names, config in
-the metadata). Text goes through MiniLM (``vidcascade[text]``).
+the metadata). Text goes through MiniLM (``vidcascade[text]``), over the whole prompt or clause by
+clause (``model.json`` ``text.mode``; models/text_clauses.py says why).
 """
 
 from __future__ import annotations
@@ -20,6 +21,24 @@ from .bundle import Bundle
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
+TEXT_MODES = ("sentence", "clauses")
+"""How prompts reach MiniLM: the whole prompt in one pass, or each clause in its own pass."""
+
+
+def check_text_mode(mode: str) -> str:
+    if mode not in TEXT_MODES:
+        raise ValueError(f"unknown text mode {mode!r}; expected one of {', '.join(TEXT_MODES)}")
+    return mode
+
+
+def embedded_text_encoder(mode: str, text_len: int = 32, device: torch.device | str = "cpu"):
+    """The MiniLM prompt encoder of the embedded model in the given text mode."""
+    from .text_clauses import ClauseTextEncoder
+    from .text_minilm import MiniLMTextEncoder
+
+    check_text_mode(mode)
+    encoder = MiniLMTextEncoder.from_package(text_len=text_len, device=device)
+    return ClauseTextEncoder(encoder) if mode == "clauses" else encoder
 
 
 def embedded_available(folder: Path = ASSETS) -> bool:
@@ -33,7 +52,6 @@ def _tuplify(d: dict) -> dict:
 def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> Bundle:
     from safetensors.torch import load_file
 
-    from .text_minilm import MiniLMTextEncoder
     from .vae_keys import load_wan_vae
     from .vae_stream import VAEFrameDecoder
     from .wan_dit import CausalWanDiT
@@ -47,7 +65,9 @@ def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> 
     dit.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     dit.eval().to(device)
     vae = load_wan_vae(folder / "vae.safetensors", dtype=torch.float32, device=device)
-    text = MiniLMTextEncoder.from_package(text_len=cfg.text_len, device=device)
+    # Models exported before clause-wise text have no "text" entry: they were trained on whole prompts.
+    text_mode = meta.get("text", {}).get("mode", "sentence")
+    text = embedded_text_encoder(text_mode, text_len=cfg.text_len, device=device)
     return Bundle(
         name="embedded",
         dit=dit,

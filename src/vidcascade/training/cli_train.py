@@ -1,7 +1,8 @@
 """``vidcascade train``: the embedded model's reproducible, resumable training pipeline.
 
 Stages (each resumes from its checkpoint in the run folder, so the command can be re-run after an
-interruption): ``vae`` -> ``data`` (encode world clips once) -> ``decoder`` (fine-tune the VAE
+interruption): ``vae`` -> ``data`` (encode world clips once; ``text`` encodes only the captions
+again, for another text mode) -> ``decoder`` (fine-tune the VAE
 decoder with the encoder frozen; the latents do not change, so it may run beside ``dit``) -> ``dit``
 -> ``distill`` (the guided many-step sampler into the engine's 4 steps) -> ``export`` (write the
 package's embedded model). ``all`` runs whatever is not finished yet.
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="train the embedded model (resumable)")
-    t.add_argument("stage", choices=["vae", "data", "decoder", "dit", "distill", "export", "all"])
+    t.add_argument("stage", choices=["vae", "data", "text", "decoder", "dit", "distill", "export", "all"])
     t.add_argument("--run", default="runs/embedded", help="run folder (checkpoints, data)")
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget for this call (vae/dit)")
     t.add_argument("--vae-steps", type=int, default=None)
@@ -52,7 +53,20 @@ def add_train_parser(sub) -> None:
         default=None,
         help="probabilities of 0, 1, 2, ... clean context blocks, comma-separated",
     )
+    t.add_argument(
+        "--dit-init",
+        default=None,
+        metavar="WEIGHTS",
+        help="start a new DiT run from these weights (dit_ckpt.pt or .safetensors) instead of random",
+    )
+    t.add_argument("--dit-lr", type=float, default=None, help="peak learning rate of the DiT stage")
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
+    t.add_argument(
+        "--text-mode",
+        choices=["sentence", "clauses"],
+        default=None,
+        help="captions through MiniLM whole or clause by clause (data and text stages; default clauses)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     t.add_argument("--dest", default=None, help="export destination (default: the package's assets)")
@@ -83,6 +97,19 @@ def _step_of(ckpt: Path, product: Path | None = None) -> int:
     return 0
 
 
+def _match_text_mode(data_path: Path, mode: str) -> None:
+    """Encode the data's captions again when they were encoded in another text mode."""
+    import torch
+
+    from ..models.embedded import embedded_text_encoder
+    from .latent_data import data_text_mode, reencode_text
+
+    have = data_text_mode(torch.load(data_path, map_location="cpu", weights_only=False))
+    if have != mode:
+        log.info("data: captions were encoded as %s, the run asks for %s: encoding them again", have, mode)
+        reencode_text(data_path, embedded_text_encoder(mode), mode)
+
+
 def _given(**overrides) -> dict:
     """The flags the user set (None = keep the config's default)."""
     return {k: v for k, v in overrides.items() if v is not None}
@@ -94,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .distill import DistillConfig, distill
     from .dit_train import DiTTrainConfig, train_dit
-    from .latent_data import DataConfig, build_latent_data
+    from .latent_data import DataConfig, build_latent_data, reencode_text
     from .vae_train import DecoderTuneConfig, VAETrainConfig, finetune_decoder, train_vae
 
     if args.threads:
@@ -102,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = Path(args.run)
     vcfg = VAETrainConfig(seed=args.seed, **_given(steps=args.vae_steps))
     ftcfg = DecoderTuneConfig(**_given(steps=args.decoder_steps))
-    dcfg = DataConfig(**_given(clips=args.clips))
+    dcfg = DataConfig(**_given(clips=args.clips, text_mode=args.text_mode))
     tcfg = DiTTrainConfig(
         seed=args.seed,
         **_given(
@@ -111,6 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             two_object_share=args.two_object_share,
             bidirectional_prob=args.bidirectional_prob,
             context_probs=args.context_probs,
+            init_from=args.dit_init,
+            lr=args.dit_lr,
         ),
     )
     kcfg = DistillConfig(seed=args.seed, **_given(steps=args.distill_steps, guidance=args.distill_guidance))
@@ -143,12 +172,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             finished = reached("dit") >= tcfg.steps and reached("distill") >= kcfg.steps
             if args.stage == "all" and (data_path.exists() or finished):
                 log.info("data: done (or not needed: the DiT has finished)")
+                if data_path.exists() and not finished:
+                    _match_text_mode(data_path, dcfg.text_mode)
                 continue
-            from ..models.text_minilm import MiniLMTextEncoder
+            from ..models.embedded import embedded_text_encoder
             from ..models.vae_keys import load_wan_vae
 
             vae = load_wan_vae(run / "vae.safetensors", dtype=torch.float32)
-            build_latent_data(vae, MiniLMTextEncoder.from_package(text_len=32), data_path, dcfg)
+            build_latent_data(vae, embedded_text_encoder(dcfg.text_mode), data_path, dcfg)
+        elif stage == "text":
+            from ..models.embedded import embedded_text_encoder
+
+            if not data_path.exists():
+                raise FileNotFoundError(f"{data_path} is missing: run `vidcascade train data` first")
+            reencode_text(data_path, embedded_text_encoder(dcfg.text_mode), dcfg.text_mode)
         else:
             from .export import export_embedded
 

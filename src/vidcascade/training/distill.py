@@ -29,6 +29,7 @@ from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT
 from .common import fit, require_at_least_one, start_run
 from .dit_train import Batcher, DiTTrainConfig
+from .latent_data import data_text_mode
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,10 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
         ckpt_path=ckpt_path,
         ema_path=run_dir / "dit_distilled_ema.safetensors",
         minutes=minutes,
-        metadata={"guidance": str(cfg.guidance), "substeps": str(cfg.substeps)},
+        metadata={
+            "guidance": str(cfg.guidance),
+            "substeps": str(cfg.substeps),
+            "text_mode": data_text_mode(data),
+        },
     )
     return run_dir / "dit_distilled_ema.safetensors"

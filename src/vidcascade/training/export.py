@@ -67,6 +67,8 @@ def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = Non
         "model": dataclasses.asdict(model_preset("tiny")),
         "sampling": dataclasses.asdict(dataclasses.replace(TINY_SAMPLING, guidance=guidance)),
         "cache": dataclasses.asdict(TINY_CACHE),
+        # The text mode of the data the DiT last trained on (exports before text modes: sentence).
+        "text": {"encoder": "minilm", "mode": meta_in.get("text_mode", "sentence")},
         "latent_hw": [8, 8],
         "fps": 8.0,
         "decode_frames_per_pass": 3,

@@ -10,6 +10,10 @@ Stored in one .pt file::
     text      fp16 [N, P, L, 384]    per-token MiniLM states of P captions (zero rows past the length)
     captions  list[list[str]]        the P captions of each clip
     attrs     list[list[tuple]]      (colour, shape, motion) per object
+    config    dict                   the DataConfig, text_mode included ("sentence" if absent)
+
+The captions are kept so that the text alone can be encoded again (``reencode_text``, the
+``train text`` stage) when the text mode changes: that takes about a minute, the latents 13.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.embedded import check_text_mode
 from ..models.wan_vae import WanVAE
 from ..models.wan_vae_blocks import CausalState
 from ..world import caption, render, sample_spec
@@ -39,6 +44,45 @@ class DataConfig:
     seed: int = 1000
     """Training clips use seeds from here; evaluation uses its own, disjoint seeds."""
     batch: int = 32
+    text_mode: str = "clauses"
+    """How captions reach MiniLM (models/embedded.py TEXT_MODES): clause by clause, so that each
+    object's words get token states of their own. Up to step 14,000 the DiT was trained on
+    whole-sentence states ("sentence")."""
+
+    def __post_init__(self) -> None:
+        check_text_mode(self.text_mode)
+
+
+def data_text_mode(data: dict) -> str:
+    """The text mode a latent data file was encoded with (files from before text modes: sentence)."""
+    return (data.get("config") or {}).get("text_mode", "sentence")
+
+
+@torch.no_grad()
+def encode_captions(text_encoder, captions: list[list[str]], batch: int = 256) -> torch.Tensor:
+    """fp16 [N, P, L, D] token states of P captions per clip."""
+    n, p = len(captions), len(captions[0])
+    out = torch.zeros(n, p, text_encoder.text_len, text_encoder.text_dim, dtype=torch.float16)
+    step = max(1, batch // p)
+    for start in range(0, n, step):
+        flat = [c for caps in captions[start : start + step] for c in caps]
+        emb = text_encoder.encode(flat).float().cpu()  # [n*p, L, D]
+        out[start : start + step] = emb.view(-1, p, *emb.shape[1:]).half()
+    return out
+
+
+def reencode_text(data_path: Path, text_encoder, text_mode: str) -> Path:
+    """Encode the stored captions again (for another text mode); the latents stay as they are."""
+    data = torch.load(data_path, map_location="cpu", weights_only=False)
+    if "captions" not in data:
+        raise ValueError(f"{data_path} holds no captions to encode again (rebuild it: train data)")
+    data["text"] = encode_captions(text_encoder, data["captions"])
+    data["config"] = {**(data.get("config") or {}), "text_mode": check_text_mode(text_mode)}
+    tmp = data_path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    tmp.replace(data_path)
+    log.info("re-encoded the captions of %s (%s text)", data_path, text_mode)
+    return data_path
 
 
 @torch.no_grad()
@@ -50,24 +94,20 @@ def build_latent_data(vae: WanVAE, text_encoder, out: Path, cfg: DataConfig) -> 
     z, c, t = vae.config.z_dim, cfg.captions_per_clip, cfg.frames
     h = w = 64 // vae.spatial_stride
     latents = torch.empty(cfg.clips, z, t, h, w, dtype=torch.float16)
-    text = torch.zeros(cfg.clips, c, text_encoder.text_len, text_encoder.text_dim, dtype=torch.float16)
     captions: list[list[str]] = []
     attrs: list[list[tuple[str, str, str]]] = []
     for start in tqdm(range(0, cfg.clips, cfg.batch), desc="encode clips", unit="batch", mininterval=5):
         n = min(cfg.batch, cfg.clips - start)
         frames = np.empty((n, t, 64, 64, 3), dtype=np.uint8)
-        batch_caps = []
         for i in range(n):
             spec = sample_spec(rng, cfg.two_object_prob)
             frames[i] = render(spec, t)
             caps = [caption(spec, rng) for _ in range(c)]
-            batch_caps.extend(caps)
             captions.append(caps)
             attrs.append([(a.color, a.shape, a.motion) for a in spec.attrs])
         moments, _ = vae.encode_step(to_video_tensor(frames), CausalState())
         latents[start : start + n] = vae.normalize(moments.chunk(2, dim=1)[0]).half()
-        emb = text_encoder.encode(batch_caps).float().cpu()  # [n*c, L, D]
-        text[start : start + n] = emb.view(n, c, *emb.shape[1:]).half()
+    text = encode_captions(text_encoder, captions)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {"latents": latents, "text": text, "captions": captions, "attrs": attrs, "config": cfg.__dict__}, out

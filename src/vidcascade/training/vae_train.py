@@ -6,6 +6,17 @@ patches (reference/embedded-model-notes.md: this latent recipe learnt motion whe
 patches did not). Deterministic autoencoder: the posterior mean is used, with a small L2 penalty
 and Gaussian noise on the latent before decoding, so the decoder tolerates imperfect latents from
 the diffusion model. Object pixels are weighted up: they are a small part of each frame.
+
+The noise is relative: per latent channel, a fixed fraction of that channel's spread over the
+batch. With absolute noise (0.1, up to the step-14,000 model) the encoder could outgrow the
+noise by scaling, and it learnt a one-dimensional colour code: inside objects every colour's
+latent pointed the same way (cosine 0.98-1.00 between colours), colours differing only in
+length (green 1.6, cyan 2.4, blue 4.6, magenta 5.2 ... white 19.7 from the background, in
+the DiT's normalised units). The DiT then had to hit exact lengths: blue came out cyan, green
+faded into the background. Relative noise alone did not change that (measured: cosine still
+1.00). What does is a *colour probe*: a linear map, trained with the VAE and then dropped, that
+must read each latent cell's mean RGB from the noisy latent. Colour then has to be a linear,
+noise-robust function of the latent, so colours that differ in RGB differ in direction.
 """
 
 from __future__ import annotations
@@ -50,7 +61,12 @@ class VAETrainConfig:
     lr: float = 2e-3
     warmup: int = 50
     latent_l2: float = 1e-3
-    latent_noise: float = 0.1
+    latent_noise: float = 0.3
+    """Noise on the latent before decoding, as a fraction of each channel's std over the batch
+    (``relative_noise``), else in raw latent units."""
+    relative_noise: bool = True
+    colour_probe: float = 1.0
+    """Weight of the colour-probe loss (0: no probe, as up to the step-14,000 model)."""
     object_weight: float = 10.0
     ema: float = 0.995
     burn_in_max: int = 12
@@ -74,8 +90,31 @@ def _recon_loss(y: torch.Tensor, x: torch.Tensor, object_weight: float) -> torch
     return (w * (d.square() + 0.5 * d.abs())).mean()
 
 
-def vae_step(vae: WanVAE, x: torch.Tensor, cfg: VAETrainConfig, burn_in: int = 0):
-    """x [B, 3, burn_in + frames, H, W]; the first ``burn_in`` frames only warm the causal state."""
+def latent_noise_scale(mu: torch.Tensor, cfg: VAETrainConfig) -> torch.Tensor | float:
+    """Std of the noise added to mu [B, z, T, h, w] before decoding: [1, z, 1, 1, 1] relative to each
+    channel's spread over the batch (no gradient through it), or the raw ``latent_noise``."""
+    if not cfg.relative_noise:
+        return cfg.latent_noise
+    spread = mu.detach().transpose(0, 1).reshape(mu.shape[1], -1).std(dim=1)  # [z]
+    return cfg.latent_noise * spread.view(1, -1, 1, 1, 1)
+
+
+def colour_probe_loss(probe: torch.nn.Module, z: torch.Tensor, x: torch.Tensor, cell: int) -> torch.Tensor:
+    """How well a 1x1 linear probe reads each latent cell's mean RGB from z [B, z, T, h, w]; x is
+    [B, 3, T, H, W] in [-1, 1]. Cells that hold object pixels weigh 10x (most cells are plain
+    background, which is easy to read)."""
+    target = torch.nn.functional.avg_pool3d(x, (1, cell, cell))  # [B, 3, T, h, w]
+    has_object = torch.nn.functional.max_pool3d(
+        (x.amax(dim=1, keepdim=True) > -0.55).float(), (1, cell, cell)
+    )
+    w = 1.0 + 9.0 * has_object  # [B, 1, T, h, w]
+    pred = probe(z.transpose(1, -1)).transpose(1, -1)  # [B, 3, T, h, w]
+    return (w * (pred - target).square()).mean()
+
+
+def vae_step(vae: WanVAE, x: torch.Tensor, cfg: VAETrainConfig, burn_in: int = 0, probe=None):
+    """x [B, 3, burn_in + frames, H, W]; the first ``burn_in`` frames only warm the causal state.
+    ``probe``: the colour probe (nn.Linear(z_dim, 3)) when cfg.colour_probe > 0."""
     enc, dec = CausalState(), CausalState()
     if burn_in:
         with torch.no_grad():
@@ -84,11 +123,15 @@ def vae_step(vae: WanVAE, x: torch.Tensor, cfg: VAETrainConfig, burn_in: int = 0
         x = x[:, :, burn_in:]
     moments, _ = vae.encode_step(x, enc)  # [B, 2z, T, h, w]; stride 1: any T in one pass
     mu = moments.chunk(2, dim=1)[0]  # [B, z, T, h, w]
-    z = mu + cfg.latent_noise * torch.randn_like(mu)
+    z = mu + latent_noise_scale(mu, cfg) * torch.randn_like(mu)
     y, _ = vae.decode_step(z, dec, frames_per_pass=x.shape[2])
     rec = _recon_loss(y, x, cfg.object_weight)
     l2 = mu.square().mean()
-    return rec + cfg.latent_l2 * l2, {"rec": rec.item(), "mu2": l2.item()}
+    loss, parts = rec + cfg.latent_l2 * l2, {"rec": rec.item(), "mu2": l2.item()}
+    if probe is not None and cfg.colour_probe > 0:
+        col = colour_probe_loss(probe, z, x, x.shape[-1] // z.shape[-1])
+        loss, parts["col"] = loss + cfg.colour_probe * col, col.item()
+    return loss, parts
 
 
 @torch.no_grad()
@@ -103,7 +146,7 @@ def latent_stats(vae: WanVAE, rng: np.random.Generator, clips: int = 256) -> tup
 
 
 def _run_phase(
-    vae: WanVAE,
+    vae: torch.nn.Module,
     params: list[torch.nn.Parameter],
     cfg: VAETrainConfig | DecoderTuneConfig,
     ckpt_path: Path,
@@ -151,17 +194,19 @@ def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     vae = WanVAE(EMBEDDED_VAE)
+    # The probe trains with the VAE (so it is checkpointed and averaged with it) and is then dropped.
+    held = torch.nn.ModuleDict({"vae": vae, "probe": torch.nn.Linear(EMBEDDED_VAE.z_dim, 3)})
     reached, ema = _run_phase(
-        vae,
-        list(vae.parameters()),
+        held,
+        list(held.parameters()),
         cfg,
         out_dir / "vae_ckpt.pt",
         minutes,
         "vae",
-        lambda x, burn, rng: vae_step(vae, x, cfg, burn),
+        lambda x, burn, rng: vae_step(vae, x, cfg, burn, probe=held["probe"]),
     )
     final = WanVAE(EMBEDDED_VAE)
-    final.load_state_dict({k: v for k, v in ema.state_dict().items()})
+    final.load_state_dict({k[4:]: v for k, v in ema.state_dict().items() if k.startswith("vae.")})
     final.eval()
     mean, std = latent_stats(final, np.random.default_rng(cfg.seed + 1))
     cfg_norm = dataclasses.replace(EMBEDDED_VAE, latents_mean=tuple(mean), latents_std=tuple(std))

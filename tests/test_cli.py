@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from vidcascade.cli import main
 
@@ -147,3 +148,25 @@ def test_train_flags_are_checked_before_any_work(tmp_path, capsys):
     assert main(["train", "dit", "--run", str(tmp_path), "--bidirectional-prob", "2"]) == 2
     assert "bidirectional_prob must be in [0, 1], got 2.0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_train_all_on_the_committed_run_only_exports(tmp_path):
+    """The committed checkpoints are the end of every stage at the default settings: `train all`
+    trains nothing and exports the shipped model."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from vidcascade.models.embedded import ASSETS
+
+    run = Path(__file__).resolve().parents[1] / "runs" / "embedded"
+    if not (run / "dit_ckpt.pt").exists():
+        pytest.skip("runs/embedded checkpoints are not in this checkout")
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["train", "all", "--run", str(run), "--dest", str(tmp_path)]) == 0
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing trained, nothing written
+    got, shipped = load_file(str(tmp_path / "dit.safetensors")), load_file(str(ASSETS / "dit.safetensors"))
+    assert got.keys() == shipped.keys() and all(torch.equal(got[k], shipped[k]) for k in got)
+    assert (tmp_path / "vae.safetensors").read_bytes() == (ASSETS / "vae.safetensors").read_bytes()
+    info, ref = (json.loads((d / "model.json").read_text()) for d in (tmp_path, ASSETS))
+    assert info == ref

@@ -2,10 +2,12 @@
 
 Stages (each resumes from its checkpoint in the run folder, so the command can be re-run after an
 interruption): ``vae`` -> ``data`` (encode world clips once; ``text`` encodes only the captions
-again, for another text mode) -> ``decoder`` (fine-tune the VAE
-decoder with the encoder frozen; the latents do not change, so it may run beside ``dit``) -> ``dit``
--> ``distill`` (the guided many-step sampler into the engine's 4 steps) -> ``export`` (write the
-package's embedded model). ``all`` runs whatever is not finished yet.
+again, for another text mode) -> ``dit`` -> ``distill`` (the guided many-step sampler into the
+engine's 4 steps) -> ``export`` (write the package's embedded model). ``all`` runs whatever of
+these is not finished yet. ``decoder`` (fine-tune the VAE decoder on noisy latents, encoder
+frozen) is optional and not part of ``all``: it served the earlier VAE trained with absolute
+latent noise; the shipped VAE is trained with relative noise and already decodes noisy latents
+cleanly (vae_train.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget for this call (vae/dit)")
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--decoder-steps", type=int, default=None)
-    t.add_argument("--dit-steps", type=int, default=None)
+    t.add_argument(
+        "--dit-steps", type=int, default=None, help="DiT steps (default 2800: the phase on the current VAE)"
+    )
     t.add_argument("--distill-steps", type=int, default=None)
     t.add_argument(
         "--distill-guidance",
@@ -36,7 +40,7 @@ def add_train_parser(sub) -> None:
         "--first-prob",
         type=float,
         default=None,
-        help="share of DiT steps on a video's first blocks (default 0.6)",
+        help="share of DiT steps on a video's first blocks (default 0.45)",
     )
     t.add_argument(
         "--two-object-share", type=float, default=None, help="share of DiT samples from two-object clips"
@@ -45,7 +49,7 @@ def add_train_parser(sub) -> None:
         "--bidirectional-prob",
         type=float,
         default=None,
-        help="share of multi-block cascade-tick layouts with bidirectional attention (default 0.45)",
+        help="share of multi-block cascade-tick layouts with bidirectional attention (default 0.6)",
     )
     t.add_argument(
         "--context-probs",
@@ -59,7 +63,9 @@ def add_train_parser(sub) -> None:
         metavar="WEIGHTS",
         help="start a new DiT run from these weights (dit_ckpt.pt or .safetensors) instead of random",
     )
-    t.add_argument("--dit-lr", type=float, default=None, help="peak learning rate of the DiT stage")
+    t.add_argument(
+        "--dit-lr", type=float, default=None, help="peak learning rate of the DiT stage (default 5e-4)"
+    )
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
     t.add_argument(
         "--text-mode",
@@ -143,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ),
     )
     kcfg = DistillConfig(seed=args.seed, **_given(steps=args.distill_steps, guidance=args.distill_guidance))
-    stages = ["vae", "data", "decoder", "dit", "distill", "export"] if args.stage == "all" else [args.stage]
+    stages = ["vae", "data", "dit", "distill", "export"] if args.stage == "all" else [args.stage]
     data_path = run / "latents.pt"
     # Resumable stages: (checkpoint, steps, run). With `all`, a finished stage is skipped; a stage
     # that stopped at its time budget ends the call (run it again to resume).

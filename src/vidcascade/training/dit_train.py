@@ -28,13 +28,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DiTTrainConfig:
-    steps: int = 14000
-    """The shipped teacher took three phases (README, *The embedded model*): steps 0-3,700 of a
-    4,000-step schedule at first_prob 0.3; resumed to 10,000 at 0.6; resumed to 14,000 (on a
-    16,000-step schedule to 10,800, then this one) with the defaults below."""
+    steps: int = 2800
+    """The shipped teacher took four phases (README, *The embedded model*), the first three on the
+    earlier VAE: steps 0-3,700 of a 4,000-step schedule at first_prob 0.3, lr 1e-3; resumed to
+    10,000 at 0.6; resumed to 14,000 with the layout defaults below. The fourth, these defaults,
+    moved it onto the current VAE's latents: 2,800 steps at lr 5e-4 started from the step-14,000
+    weights (``init_from``; that checkpoint is runs/embedded/dit_ckpt.pt at git commit f671fdc).
+    From a random init 2,800 steps are far too few: run the first three phases first."""
     tokens_per_step: int = 5000
     """Batch size is chosen per layout so that each step has about this many tokens."""
-    lr: float = 1e-3
+    lr: float = 5e-4
     warmup: int = 100
     weight_decay: float = 0.01
     ema: float = 0.999

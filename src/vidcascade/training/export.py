@@ -45,13 +45,15 @@ def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = Non
         # The teacher's guidance is baked into the student: the engine runs it unguided.
         guidance = 1.0
         ckpt = run_dir / "dit_ckpt.pt"
-        teacher_step = (
-            str(torch.load(ckpt, map_location="cpu", weights_only=False)["step"]) if ckpt.exists() else "?"
-        )
+        teacher = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else {}
+        teacher_step = str(teacher.get("step", "?"))
+        # A teacher run started from earlier weights counts its steps from there.
+        init = (teacher.get("config") or {}).get("init_from")
         provenance = {
             "distilled": {
                 "steps": step,
                 "teacher_step": teacher_step,
+                "teacher_init": Path(init).name if init else None,
                 "teacher_guidance": meta_in.get("guidance", "?"),
                 "teacher_substeps": meta_in.get("substeps", "?"),
             }

@@ -132,6 +132,7 @@ def test_export_then_load_embedded(tmp_path):
     dest = export_embedded(run, tmp_path / "assets")
     assert json.loads((dest / "model.json").read_text())["train_step"] == "7"
     bundle = load_embedded(folder=dest)
+    assert bundle.name == str(dest)  # tables name the folder they measured, not "embedded"
     assert not hasattr(bundle.text_encoder, "max_clauses")  # no text mode recorded: whole sentences
     for k, v in dit.state_dict().items():
         assert torch.equal(bundle.dit.state_dict()[k], v), k

@@ -69,7 +69,9 @@ def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> 
     text_mode = meta.get("text", {}).get("mode", "sentence")
     text = embedded_text_encoder(text_mode, text_len=cfg.text_len, device=device)
     return Bundle(
-        name="embedded",
+        # A folder other than the package's (e.g. `train export --dest`) is named by its path, so
+        # that bench and eval tables say which weights they measured.
+        name="embedded" if Path(folder).resolve() == ASSETS.resolve() else str(folder),
         dit=dit,
         text_encoder=text,
         make_decoder=lambda: VAEFrameDecoder(vae, frames_per_pass=meta.get("decode_frames_per_pass", 3)),

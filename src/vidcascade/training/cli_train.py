@@ -103,19 +103,6 @@ def _step_of(ckpt: Path, product: Path | None = None) -> int:
     return 0
 
 
-def _match_text_mode(data_path: Path, mode: str) -> None:
-    """Encode the data's captions again when they were encoded in another text mode."""
-    import torch
-
-    from ..models.embedded import embedded_text_encoder
-    from .latent_data import data_text_mode, reencode_text
-
-    have = data_text_mode(torch.load(data_path, map_location="cpu", weights_only=False))
-    if have != mode:
-        log.info("data: captions were encoded as %s, the run asks for %s: encoding them again", have, mode)
-        reencode_text(data_path, embedded_text_encoder(mode), mode)
-
-
 def _given(**overrides) -> dict:
     """The flags the user set (None = keep the config's default)."""
     return {k: v for k, v in overrides.items() if v is not None}
@@ -125,6 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..models.embedded import embedded_text_encoder
     from .distill import DistillConfig, distill
     from .dit_train import DiTTrainConfig, train_dit
     from .latent_data import DataConfig, build_latent_data, reencode_text
@@ -179,18 +167,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.stage == "all" and (data_path.exists() or finished):
                 log.info("data: done (or not needed: the DiT has finished)")
                 if data_path.exists() and not finished:
-                    _match_text_mode(data_path, dcfg.text_mode)
+                    # The DiT still trains on it: its captions must be in the run's text mode.
+                    reencode_text(
+                        data_path, embedded_text_encoder(dcfg.text_mode), dcfg.text_mode, only_if_changed=True
+                    )
                 continue
-            from ..models.embedded import embedded_text_encoder
             from ..models.vae_keys import load_wan_vae
 
             vae = load_wan_vae(run / "vae.safetensors", dtype=torch.float32)
             build_latent_data(vae, embedded_text_encoder(dcfg.text_mode), data_path, dcfg)
         elif stage == "text":
-            from ..models.embedded import embedded_text_encoder
-
-            if not data_path.exists():
-                raise FileNotFoundError(f"{data_path} is missing: run `vidcascade train data` first")
             reencode_text(data_path, embedded_text_encoder(dcfg.text_mode), dcfg.text_mode)
         else:
             from .export import export_embedded

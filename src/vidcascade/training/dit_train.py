@@ -19,7 +19,7 @@ import torch
 
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT, init_weights
-from .common import fit, require_at_least_one, start_run
+from .common import fit, load_checkpoint, require_at_least_one, start_run
 from .latent_data import data_text_mode
 from .layouts import LayoutSampler, layout_mask
 
@@ -152,7 +152,7 @@ def load_dit_weights(path: Path) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path))
     else:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(path)
         if not isinstance(ck, dict) or "ema" not in ck:
             raise ValueError(f"{path} is not a DiT trainer checkpoint (no 'ema' entry)")
         state = ck["ema"]

@@ -13,6 +13,7 @@ import torch
 from ..config import model_preset
 from ..models.embedded import ASSETS
 from ..models.registry import TINY_CACHE, TINY_SAMPLING
+from .common import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = Non
         # The teacher's guidance is baked into the student: the engine runs it unguided.
         guidance = 1.0
         ckpt = run_dir / "dit_ckpt.pt"
-        teacher = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else {}
+        teacher = load_checkpoint(ckpt) or {}
         teacher_step = str(teacher.get("step", "?"))
         # A teacher run started from earlier weights counts its steps from there.
         init = (teacher.get("config") or {}).get("init_from")

@@ -71,18 +71,23 @@ def encode_captions(text_encoder, captions: list[list[str]], batch: int = 256) -
     return out
 
 
-def reencode_text(data_path: Path, text_encoder, text_mode: str) -> Path:
-    """Encode the stored captions again (for another text mode); the latents stay as they are."""
+def reencode_text(data_path: Path, text_encoder, text_mode: str, only_if_changed: bool = False) -> bool:
+    """Encode the stored captions again (for another text mode); the latents stay as they are.
+    With ``only_if_changed``, a file already in ``text_mode`` is left alone. True if it was rewritten."""
+    if not data_path.exists():
+        raise FileNotFoundError(f"{data_path} is missing: run `vidcascade train data` first")
     data = torch.load(data_path, map_location="cpu", weights_only=False)
+    if only_if_changed and data_text_mode(data) == text_mode:
+        return False
     if "captions" not in data:
         raise ValueError(f"{data_path} holds no captions to encode again (rebuild it: train data)")
+    log.info("encoding the captions of %s again: %s -> %s text", data_path, data_text_mode(data), text_mode)
     data["text"] = encode_captions(text_encoder, data["captions"])
     data["config"] = {**(data.get("config") or {}), "text_mode": check_text_mode(text_mode)}
     tmp = data_path.with_suffix(".tmp")
     torch.save(data, tmp)
     tmp.replace(data_path)
-    log.info("re-encoded the captions of %s (%s text)", data_path, text_mode)
-    return data_path
+    return True
 
 
 @torch.no_grad()

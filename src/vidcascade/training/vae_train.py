@@ -206,7 +206,9 @@ def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) 
         lambda x, burn, rng: vae_step(vae, x, cfg, burn, probe=held["probe"]),
     )
     final = WanVAE(EMBEDDED_VAE)
-    final.load_state_dict({k[4:]: v for k, v in ema.state_dict().items() if k.startswith("vae.")})
+    final.load_state_dict(
+        {k.removeprefix("vae."): v for k, v in ema.state_dict().items() if k.startswith("vae.")}
+    )
     final.eval()
     mean, std = latent_stats(final, np.random.default_rng(cfg.seed + 1))
     cfg_norm = dataclasses.replace(EMBEDDED_VAE, latents_mean=tuple(mean), latents_std=tuple(std))

@@ -147,6 +147,9 @@ def test_train_flags_are_checked_before_any_work(tmp_path, capsys):
     assert "sum to 1" in capsys.readouterr().err
     assert main(["train", "dit", "--run", str(tmp_path), "--bidirectional-prob", "2"]) == 2
     assert "bidirectional_prob must be in [0, 1], got 2.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "dit", "--run", str(tmp_path), "--context-noise", "0.5"])
+    assert "SHARE,SIGMA" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
 

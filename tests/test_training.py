@@ -90,6 +90,30 @@ def test_layout_options_reach_the_sampler_and_are_validated():
             DiTTrainConfig(**bad)
 
 
+def test_context_noise_perturbs_only_clean_blocks_and_keeps_their_label():
+    from vidcascade.training.dit_train import DiTTrainConfig
+
+    data = _fake_data()
+    lay = next(
+        lay
+        for lay in (
+            LayoutSampler(clip_blocks=4, max_blocks=4).sample(np.random.default_rng(i), lambda nb: 4)
+            for i in range(200)
+        )
+        if lay.n_context >= 1
+    )
+    plain = Batcher(data, 16).make(np.random.default_rng(5), lay, 4)
+    noisy = Batcher(data, 16, context_noise=(1.0, 0.1)).make(np.random.default_rng(5), lay, 4)
+    ctx = torch.arange(3 * lay.n_context)
+    assert torch.equal(noisy[1], plain[1])  # the model is still told t = 0 for the clean blocks
+    diff = (noisy[0] - plain[0])[:, :, ctx]
+    assert 0 < diff.abs().mean() and diff.abs().mean() < 0.2 * plain[0][:, :, ctx].abs().mean()
+    off = Batcher(data, 16, context_noise=(0.0, 0.1)).make(np.random.default_rng(5), lay, 4)
+    assert torch.equal(off[0], plain[0])  # share 0 draws nothing: earlier runs stay reproducible
+    with pytest.raises(ValueError, match="context_noise"):
+        DiTTrainConfig(context_noise=(0.5, 1.0))
+
+
 def test_batcher_noise_and_a_few_steps_learn():
     torch.manual_seed(0)
     model = init_weights(CausalWanDiT(MICRO), 0)

@@ -27,7 +27,10 @@ def add_train_parser(sub) -> None:
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--decoder-steps", type=int, default=None)
     t.add_argument(
-        "--dit-steps", type=int, default=None, help="DiT steps (default 2800: the phase on the current VAE)"
+        "--dit-steps",
+        type=int,
+        default=None,
+        help="DiT steps (default 4500: the last phase, resumed from phase 4)",
     )
     t.add_argument("--distill-steps", type=int, default=None)
     t.add_argument(
@@ -43,7 +46,10 @@ def add_train_parser(sub) -> None:
         help="share of DiT steps on a video's first blocks (default 0.45)",
     )
     t.add_argument(
-        "--two-object-share", type=float, default=None, help="share of DiT samples from two-object clips"
+        "--two-object-share",
+        type=float,
+        default=None,
+        help="share of DiT samples from two-object clips (default 0.75)",
     )
     t.add_argument(
         "--bidirectional-prob",
@@ -55,7 +61,16 @@ def add_train_parser(sub) -> None:
         "--context-probs",
         type=_probs,
         default=None,
-        help="probabilities of 0, 1, 2, ... clean context blocks, comma-separated",
+        help="probabilities of 0, 1, 2, ... clean context blocks, comma-separated "
+        "(default 0.2,0.1,0.1,0.15,0.2,0.25)",
+    )
+    t.add_argument(
+        "--context-noise",
+        type=_noise,
+        default=None,
+        metavar="SHARE,SIGMA",
+        help="share of DiT samples whose clean context gets noise up to SIGMA, still labelled t=0 "
+        "(default 0.5,0.1)",
     )
     t.add_argument(
         "--dit-init",
@@ -64,7 +79,7 @@ def add_train_parser(sub) -> None:
         help="start a new DiT run from these weights (dit_ckpt.pt or .safetensors) instead of random",
     )
     t.add_argument(
-        "--dit-lr", type=float, default=None, help="peak learning rate of the DiT stage (default 5e-4)"
+        "--dit-lr", type=float, default=None, help="peak learning rate of the DiT stage (default 3e-4)"
     )
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
     t.add_argument(
@@ -86,6 +101,16 @@ def _probs(text: str) -> tuple[float, ...]:
     if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
         raise argparse.ArgumentTypeError(f"probabilities must be >= 0 and sum to 1, got {text!r}")
     return probs
+
+
+def _noise(text: str) -> tuple[float, float]:
+    try:
+        share, sigma = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SHARE,SIGMA (two numbers), got {text!r}") from None
+    if not (0.0 <= share <= 1.0 and 0.0 <= sigma < 1.0):
+        raise argparse.ArgumentTypeError(f"SHARE must be in [0, 1] and SIGMA in [0, 1), got {text!r}")
+    return share, sigma
 
 
 def _step_of(ckpt: Path, product: Path | None = None) -> int:
@@ -132,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             two_object_share=args.two_object_share,
             bidirectional_prob=args.bidirectional_prob,
             context_probs=args.context_probs,
+            context_noise=args.context_noise,
             init_from=args.dit_init,
             lr=args.dit_lr,
         ),

@@ -28,16 +28,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DiTTrainConfig:
-    steps: int = 2800
-    """The shipped teacher took four phases (README, *The embedded model*), the first three on the
+    steps: int = 4500
+    """The shipped teacher took five phases (README, *The embedded model*), the first three on the
     earlier VAE: steps 0-3,700 of a 4,000-step schedule at first_prob 0.3, lr 1e-3; resumed to
-    10,000 at 0.6; resumed to 14,000 with the layout defaults below. The fourth, these defaults,
-    moved it onto the current VAE's latents: 2,800 steps at lr 5e-4 started from the step-14,000
-    weights (``init_from``; that checkpoint is runs/embedded/dit_ckpt.pt at git commit f671fdc).
-    From a random init 2,800 steps are far too few: run the first three phases first."""
+    10,000 at 0.6; resumed to 14,000 with phase-3 layouts. The fourth moved it onto the current
+    VAE's latents: 2,800 steps at lr 5e-4, two_object_share 0.6, context_probs (0.25, 0.15 x 5),
+    no context noise, from the step-14,000 weights (``init_from``: runs/embedded/dit_ckpt.pt at git
+    commit f671fdc). The fifth, these defaults: 4,500 steps at lr 3e-4 from the phase-4 weights
+    (runs/embedded/dit_ckpt.pt at git commit e572c0c). From a random init these steps are far too
+    few: run the earlier phases first."""
     tokens_per_step: int = 5000
     """Batch size is chosen per layout so that each step has about this many tokens."""
-    lr: float = 5e-4
+    lr: float = 3e-4
     warmup: int = 100
     weight_decay: float = 0.01
     ema: float = 0.999
@@ -50,18 +52,23 @@ class DiTTrainConfig:
     other styles share the rest in LayoutSampler's proportions. Measured at step 3,700 (trained at
     0.3): with the true first block given as context the continuation scored colour 0.85 / motion
     0.77, from text alone 0.38 / 0.35, so the first block is where extra steps pay."""
-    two_object_share: float | None = 0.6
+    two_object_share: float | None = 0.75
     """Share of samples drawn from two-object clips (None: as they come in the data, 40%, as up to
     step 10,000). Two objects are where the step-10,000 model failed: at level 0 one-object
     prompts scored colour / shape / motion 0.86 / 0.88 / 0.79, two-object prompts 0.55 / 0.45 /
-    0.34 (64 eval prompts)."""
+    0.34 (64 eval prompts). 0.6 in phases 3-4."""
+    context_noise: tuple[float, float] = (0.5, 0.1)
+    """(share, max sigma): share of samples whose clean blocks (committed context, cache step) get
+    noise up to max sigma while still labelled t = 0. At inference those blocks are the model's
+    own outputs, not the world's clean latents; without this the DiT only ever saw perfect
+    context, and errors compound over a long video."""
     bidirectional_prob: float = 0.6
     """Share of multi-block tick layouts with bidirectional in-flight attention (0.45 to step
     10,000)."""
-    context_probs: tuple[float, ...] = (0.25, 0.15, 0.15, 0.15, 0.15, 0.15)
+    context_probs: tuple[float, ...] = (0.2, 0.1, 0.1, 0.15, 0.2, 0.25)
     """Probabilities of 0, 1, 2, ... clean context blocks. The engine's rolling cache holds sink +
-    window = 5 blocks deep into a long video; the first 10,000 steps saw at most 4
-    (0.3, 0.2, 0.2, 0.15, 0.15)."""
+    window = 5 blocks deep into a long video, where two-object videos lost an object; the first
+    10,000 steps saw at most 4 (0.3, 0.2, 0.2, 0.15, 0.15), phases 3-4 (0.25, 0.15 x 5)."""
     init_from: str | None = None
     """Start a new run from these DiT weights instead of a random init: a trainer checkpoint
     (``dit_ckpt.pt``, its EMA weights are taken) or a safetensors file. Ignored when the run folder
@@ -76,6 +83,11 @@ class DiTTrainConfig:
             raise ValueError(f"first_prob must be in (0, 1), got {self.first_prob}")
         if self.two_object_share is not None and not 0.0 <= self.two_object_share <= 1.0:
             raise ValueError(f"two_object_share must be in [0, 1] or None, got {self.two_object_share}")
+        share, top = self.context_noise
+        if not (0.0 <= share <= 1.0 and 0.0 <= top < 1.0):
+            raise ValueError(
+                f"context_noise must be (share in [0, 1], max sigma in [0, 1)), got {self.context_noise}"
+            )
         self.layout_sampler(16)  # validates the layout fields
 
     def layout_sampler(self, clip_blocks: int) -> LayoutSampler:
@@ -97,6 +109,7 @@ class Batcher:
         frames_per_block: int = 3,
         text_dropout: float = 0.0,
         two_object_share: float | None = None,
+        context_noise: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         self.latents = data["latents"]  # fp16 [N, z, T, h, w]
         self.text = data["text"]  # fp16 [N, P, L, D]
@@ -104,6 +117,7 @@ class Batcher:
         self.fpb = frames_per_block
         self.text_dropout = text_dropout
         self.two_object_share = two_object_share
+        self.context_noise = context_noise
         if two_object_share is not None:
             if "attrs" not in data:
                 raise ValueError("two_object_share needs the data's per-clip 'attrs' (rebuild: train data)")
@@ -135,6 +149,12 @@ class Batcher:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         eps = torch.randn(x0.shape, generator=gen)
         s = sig[:, None, :, None, None]
+        share, top = self.context_noise
+        if share > 0:
+            # Imperfect clean blocks: a small noise level, but the model is still told t = 0.
+            hit = torch.from_numpy(rng.random(batch) < share)[:, None]
+            level = torch.from_numpy(rng.uniform(0.0, top, size=(batch, 1))).float()
+            s = torch.where((sig == 0) & hit, level, sig)[:, None, :, None, None]
         x_t = (1 - s) * x0 + s * eps
         target = eps - x0
         loss_frames = torch.tensor(layout.loss).repeat_interleave(fpb)  # [F]

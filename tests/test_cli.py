@@ -150,6 +150,13 @@ def test_train_flags_are_checked_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "dit", "--run", str(tmp_path), "--context-noise", "0.5"])
     assert "SHARE,SIGMA" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "distill", "--run", str(tmp_path), "--distill-lag-probs", "0.5,0.6"])
+    assert "sum to 1" in capsys.readouterr().err
+    assert main(["train", "distill", "--run", str(tmp_path), "--distill-lag-probs", "0.5,0.5"]) == 2
+    assert "lag_probs needs 5 entries" in capsys.readouterr().err
+    assert main(["train", "distill", "--run", str(tmp_path), "--distill-bidirectional-prob", "-1"]) == 2
+    assert "bidirectional_prob must be in [0, 1], got -1.0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -104,3 +104,7 @@ def test_distill_steps_learn_and_resume(tmp_path):
     assert any(not torch.equal(first[k], v) for k, v in load_file(str(out)).items())
     with pytest.raises(ValueError, match="guidance"):
         DistillConfig(guidance=0.5)
+    with pytest.raises(ValueError, match="lag_probs needs 5 entries"):
+        DistillConfig(lag_probs=(0.5, 0.5))
+    with pytest.raises(ValueError, match="sum to 1"):
+        DistillConfig(lag_probs=(0.5, 0.5, 0.5, 0.0, 0.0))

@@ -13,6 +13,7 @@ cleanly (vae_train.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -38,6 +39,26 @@ def add_train_parser(sub) -> None:
         type=float,
         default=None,
         help="the teacher's guidance, baked into the distilled student (default 3)",
+    )
+    t.add_argument(
+        "--distill-lag-probs",
+        type=_probs,
+        default=None,
+        help="probabilities of the cascade lags 1..5 in distillation ticks (default 0.3,0.15,0.15,0.15,0.25)",
+    )
+    t.add_argument(
+        "--distill-bidirectional-prob",
+        type=float,
+        default=None,
+        help="share of multi-block distillation ticks with bidirectional attention (default 0.6)",
+    )
+    t.add_argument(
+        "--distill-context-noise",
+        type=_noise,
+        default=None,
+        metavar="SHARE,SIGMA",
+        help="share of distillation ticks whose clean blocks get noise up to SIGMA, still labelled t=0 "
+        "(default 0,0)",
     )
     t.add_argument(
         "--first-prob",
@@ -160,7 +181,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             lr=args.dit_lr,
         ),
     )
-    kcfg = DistillConfig(seed=args.seed, **_given(steps=args.distill_steps, guidance=args.distill_guidance))
+    klayouts = DistillConfig().layouts
+    if args.distill_bidirectional_prob is not None:
+        klayouts = dataclasses.replace(klayouts, bidirectional_prob=args.distill_bidirectional_prob)
+    kcfg = DistillConfig(
+        seed=args.seed,
+        layouts=klayouts,
+        **_given(
+            steps=args.distill_steps,
+            guidance=args.distill_guidance,
+            lag_probs=args.distill_lag_probs,
+            context_noise=args.distill_context_noise,
+        ),
+    )
     stages = ["vae", "data", "dit", "distill", "export"] if args.stage == "all" else [args.stage]
     data_path = run / "latents.pt"
     # Resumable stages: (checkpoint, steps, run). With `all`, a finished stage is skipped; a stage

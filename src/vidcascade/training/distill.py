@@ -48,6 +48,13 @@ class DistillConfig:
     ema: float = 0.995
     seed: int = 0
     checkpoint_every: int = 50
+    lag_probs: tuple[float, ...] = (0.3, 0.15, 0.15, 0.15, 0.25)
+    """Probabilities of the cascade lags 1..S+1 in the distillation ticks (lag S+1 = the
+    sequential pipeline, level 0; lag 1 = the fully parallel level)."""
+    context_noise: tuple[float, float] = (0.0, 0.0)
+    """(share, max sigma) of clean blocks (committed context, cache step) noised while labelled
+    t = 0, as in DiT training (DiTTrainConfig.context_noise): teacher and student both see the
+    imperfect context that the student's own earlier blocks are at inference."""
     layouts: DiTTrainConfig = dataclasses.field(default_factory=lambda: DiTTrainConfig(first_prob=0.4))
     """Layout mix (video starts, context depth, attention) and clip mix; only its layout fields are used."""
 
@@ -55,6 +62,18 @@ class DistillConfig:
         require_at_least_one(self, "steps", "substeps", "tokens_per_step", "checkpoint_every")
         if self.guidance < 1.0:
             raise ValueError(f"guidance must be >= 1, got {self.guidance}")
+        share, top = self.context_noise
+        if not (0.0 <= share <= 1.0 and 0.0 <= top < 1.0):
+            raise ValueError(
+                f"context_noise must be (share in [0, 1], max sigma in [0, 1)), got {self.context_noise}"
+            )
+        if min(self.lag_probs) < 0 or abs(sum(self.lag_probs) - 1.0) > 1e-6:
+            raise ValueError(f"lag_probs must be >= 0 and sum to 1, got {self.lag_probs}")
+        steps = len(self.layouts.layout_sampler(16).schedule_sigmas)
+        if len(self.lag_probs) != steps + 1:
+            raise ValueError(
+                f"lag_probs needs {steps + 1} entries (lags 1..{steps + 1}), got {len(self.lag_probs)}"
+            )
 
 
 def _next_sigma(stages: tuple[int, ...], sched: tuple[float, ...], batch: int, fpb: int) -> torch.Tensor:
@@ -113,14 +132,19 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
     opt, ema, rng, start = start_run(student, cfg, ckpt_path, "distillation")
     h = data["latents"].shape[-1]
     lay = cfg.layouts
-    batcher = Batcher(data, student.tokens_per_frame(h, h), two_object_share=lay.two_object_share)
+    batcher = Batcher(
+        data,
+        student.tokens_per_frame(h, h),
+        two_object_share=lay.two_object_share,
+        context_noise=tuple(cfg.context_noise),
+    )
     sampler = lay.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     sched = sampler.schedule_sigmas
     per_block = 3 * batcher.tpf
 
     def step_loss():
         layout, stages = sampler.sample_tick(
-            rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * per_block), 4, 48)
+            rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * per_block), 4, 48), tuple(cfg.lag_probs)
         )
         x_t, t, ctx, _, loss_frames, pos, mask = batcher.make(rng, layout, len(layout.sigmas[0]))
         sigma = t / 1000.0  # [B, F]

@@ -44,13 +44,13 @@ def add_train_parser(sub) -> None:
         "--distill-lag-probs",
         type=_probs,
         default=None,
-        help="probabilities of the cascade lags 1..5 in distillation ticks (default 0.3,0.15,0.15,0.15,0.25)",
+        help="probabilities of the cascade lags 1..5 in distillation ticks (default 0.45,0.1,0.1,0.1,0.25)",
     )
     t.add_argument(
         "--distill-bidirectional-prob",
         type=float,
         default=None,
-        help="share of multi-block distillation ticks with bidirectional attention (default 0.6)",
+        help="share of multi-block distillation ticks with bidirectional attention (default 0.75)",
     )
     t.add_argument(
         "--distill-context-noise",
@@ -58,7 +58,7 @@ def add_train_parser(sub) -> None:
         default=None,
         metavar="SHARE,SIGMA",
         help="share of distillation ticks whose clean blocks get noise up to SIGMA, still labelled t=0 "
-        "(default 0,0)",
+        "(default 0.5,0.1)",
     )
     t.add_argument(
         "--first-prob",

@@ -48,15 +48,19 @@ class DistillConfig:
     ema: float = 0.995
     seed: int = 0
     checkpoint_every: int = 50
-    lag_probs: tuple[float, ...] = (0.3, 0.15, 0.15, 0.15, 0.25)
+    lag_probs: tuple[float, ...] = (0.45, 0.1, 0.1, 0.1, 0.25)
     """Probabilities of the cascade lags 1..S+1 in the distillation ticks (lag S+1 = the
-    sequential pipeline, level 0; lag 1 = the fully parallel level)."""
-    context_noise: tuple[float, float] = (0.0, 0.0)
+    sequential pipeline, level 0; lag 1 = the fully parallel level). The phase-5 student was
+    distilled at (0.3, 0.15, 0.15, 0.15, 0.25) and lost 0.069 of shape at P4 bidirectional."""
+    context_noise: tuple[float, float] = (0.5, 0.1)
     """(share, max sigma) of clean blocks (committed context, cache step) noised while labelled
     t = 0, as in DiT training (DiTTrainConfig.context_noise): teacher and student both see the
-    imperfect context that the student's own earlier blocks are at inference."""
-    layouts: DiTTrainConfig = dataclasses.field(default_factory=lambda: DiTTrainConfig(first_prob=0.4))
-    """Layout mix (video starts, context depth, attention) and clip mix; only its layout fields are used."""
+    imperfect context that the student's own earlier blocks are at inference. (0, 0) in phase 5."""
+    layouts: DiTTrainConfig = dataclasses.field(
+        default_factory=lambda: DiTTrainConfig(first_prob=0.4, bidirectional_prob=0.75)
+    )
+    """Layout mix (video starts, context depth, attention) and clip mix; only its layout fields are
+    used. Bidirectional share 0.75 (phase 5: 0.6, the DiT's)."""
 
     def __post_init__(self) -> None:
         require_at_least_one(self, "steps", "substeps", "tokens_per_step", "checkpoint_every")

@@ -69,6 +69,13 @@ def require_at_least_one(cfg: object, *fields: str) -> None:
             raise ValueError(f"{f} must be >= 1, got {getattr(cfg, f)}")
 
 
+def require_context_noise(noise: tuple[float, float]) -> None:
+    """Config validation shared by the DiT trainer and the distiller: (share, max sigma)."""
+    share, top = noise
+    if not (0.0 <= share <= 1.0 and 0.0 <= top < 1.0):
+        raise ValueError(f"context_noise must be (share in [0, 1], max sigma in [0, 1)), got {noise}")
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup

@@ -27,7 +27,7 @@ import torch
 
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT
-from .common import fit, require_at_least_one, start_run
+from .common import fit, require_at_least_one, require_context_noise, start_run
 from .dit_train import Batcher, DiTTrainConfig
 from .latent_data import data_text_mode
 
@@ -66,18 +66,8 @@ class DistillConfig:
         require_at_least_one(self, "steps", "substeps", "tokens_per_step", "checkpoint_every")
         if self.guidance < 1.0:
             raise ValueError(f"guidance must be >= 1, got {self.guidance}")
-        share, top = self.context_noise
-        if not (0.0 <= share <= 1.0 and 0.0 <= top < 1.0):
-            raise ValueError(
-                f"context_noise must be (share in [0, 1], max sigma in [0, 1)), got {self.context_noise}"
-            )
-        if min(self.lag_probs) < 0 or abs(sum(self.lag_probs) - 1.0) > 1e-6:
-            raise ValueError(f"lag_probs must be >= 0 and sum to 1, got {self.lag_probs}")
-        steps = len(self.layouts.layout_sampler(16).schedule_sigmas)
-        if len(self.lag_probs) != steps + 1:
-            raise ValueError(
-                f"lag_probs needs {steps + 1} entries (lags 1..{steps + 1}), got {len(self.lag_probs)}"
-            )
+        require_context_noise(self.context_noise)
+        self.layouts.layout_sampler(16).check_lag_probs(self.lag_probs)
 
 
 def _next_sigma(stages: tuple[int, ...], sched: tuple[float, ...], batch: int, fpb: int) -> torch.Tensor:
@@ -140,7 +130,7 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
         data,
         student.tokens_per_frame(h, h),
         two_object_share=lay.two_object_share,
-        context_noise=tuple(cfg.context_noise),
+        context_noise=cfg.context_noise,
     )
     sampler = lay.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     sched = sampler.schedule_sigmas
@@ -148,7 +138,7 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
 
     def step_loss():
         layout, stages = sampler.sample_tick(
-            rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * per_block), 4, 48), tuple(cfg.lag_probs)
+            rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * per_block), 4, 48), cfg.lag_probs
         )
         x_t, t, ctx, _, loss_frames, pos, mask = batcher.make(rng, layout, len(layout.sigmas[0]))
         sigma = t / 1000.0  # [B, F]

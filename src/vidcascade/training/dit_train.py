@@ -19,7 +19,7 @@ import torch
 
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT, init_weights
-from .common import fit, load_checkpoint, require_at_least_one, start_run
+from .common import fit, load_checkpoint, require_at_least_one, require_context_noise, start_run
 from .latent_data import data_text_mode
 from .layouts import LayoutSampler, layout_mask
 
@@ -83,11 +83,7 @@ class DiTTrainConfig:
             raise ValueError(f"first_prob must be in (0, 1), got {self.first_prob}")
         if self.two_object_share is not None and not 0.0 <= self.two_object_share <= 1.0:
             raise ValueError(f"two_object_share must be in [0, 1] or None, got {self.two_object_share}")
-        share, top = self.context_noise
-        if not (0.0 <= share <= 1.0 and 0.0 <= top < 1.0):
-            raise ValueError(
-                f"context_noise must be (share in [0, 1], max sigma in [0, 1)), got {self.context_noise}"
-            )
+        require_context_noise(self.context_noise)
         self.layout_sampler(16)  # validates the layout fields
 
     def layout_sampler(self, clip_blocks: int) -> LayoutSampler:

@@ -155,6 +155,14 @@ class LayoutSampler:
         blocks = tuple(range(first, first + nb))
         return blocks, tuple(b * fpb for b in blocks)
 
+    def check_lag_probs(self, lag_probs: tuple[float, ...]) -> None:
+        """Probabilities of the lags 1..S+1 of a tick: S+1 entries, >= 0, summing to 1."""
+        n = len(self.schedule_sigmas) + 1
+        if len(lag_probs) != n:
+            raise ValueError(f"lag_probs needs {n} entries (lags 1..{n}), got {lag_probs}")
+        if min(lag_probs) < 0 or abs(sum(lag_probs) - 1.0) > 1e-6:
+            raise ValueError(f"lag_probs must be >= 0 and sum to 1, got {lag_probs}")
+
     def sample_tick(
         self,
         rng: np.random.Generator,
@@ -165,9 +173,8 @@ class LayoutSampler:
         at a stage of the schedule (no jitter), lag 1..S+1 (S+1: the sequential pipeline), and with
         probability ``style_probs[0]`` the start of a video (no context). Returns the layout and
         the stage of each sequence block (-1 for committed context, S for the cache step)."""
+        self.check_lag_probs(lag_probs)
         steps = len(self.schedule_sigmas)
-        if len(lag_probs) != steps + 1:
-            raise ValueError(f"lag_probs needs {steps + 1} entries (lags 1..{steps + 1}), got {lag_probs}")
         start = rng.random() < self.style_probs[0]
         n_ctx = 0 if start else int(rng.choice(len(self.context_probs), p=self.context_probs))
         lag = 1 + int(rng.choice(steps + 1, p=lag_probs))

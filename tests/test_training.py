@@ -265,10 +265,11 @@ def test_reencode_text_replaces_only_the_text(tmp_path):
         DataConfig(text_mode="words")
 
 
-def test_dit_init_from_weights(tmp_path):
+def test_dit_init_from_weights(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     from vidcascade.config import model_preset
+    from vidcascade.training import dit_train
     from vidcascade.training.dit_train import DiTTrainConfig, load_dit_weights, train_dit
 
     cfg = model_preset("tiny")
@@ -293,8 +294,20 @@ def test_dit_init_from_weights(tmp_path):
         },
         tmp_path / "latents.pt",
     )
-    tcfg = DiTTrainConfig(steps=1, lr=1e-12, warmup=1, tokens_per_step=200, init_from=str(tmp_path / "ck.pt"))
+    tcfg = DiTTrainConfig(
+        steps=1,
+        lr=1e-12,
+        warmup=1,
+        tokens_per_step=200,
+        init_from=str(tmp_path / "ck.pt"),
+        context_noise=(0.5, 0.1),
+    )
+    seen = []
+    monkeypatch.setattr(
+        dit_train, "Batcher", lambda *a, **kw: seen.append(kw["context_noise"]) or Batcher(*a, **kw)
+    )
     out = train_dit(tmp_path / "latents.pt", tmp_path / "run", tcfg)
+    assert seen == [(0.5, 0.1)]  # the configured context noise reaches the trainer's batches
     from safetensors import safe_open
 
     with safe_open(str(out), "pt") as f:

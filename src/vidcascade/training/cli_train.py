@@ -91,7 +91,7 @@ def add_train_parser(sub) -> None:
         default=None,
         metavar="SHARE,SIGMA",
         help="share of DiT samples whose clean context gets noise up to SIGMA, still labelled t=0 "
-        "(default 0.5,0.1)",
+        "(default 0,0)",
     )
     t.add_argument(
         "--dit-init",

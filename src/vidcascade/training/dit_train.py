@@ -57,11 +57,12 @@ class DiTTrainConfig:
     step 10,000). Two objects are where the step-10,000 model failed: at level 0 one-object
     prompts scored colour / shape / motion 0.86 / 0.88 / 0.79, two-object prompts 0.55 / 0.45 /
     0.34 (64 eval prompts). 0.6 in phases 3-4."""
-    context_noise: tuple[float, float] = (0.5, 0.1)
+    context_noise: tuple[float, float] = (0.0, 0.0)
     """(share, max sigma): share of samples whose clean blocks (committed context, cache step) get
     noise up to max sigma while still labelled t = 0. At inference those blocks are the model's
-    own outputs, not the world's clean latents; without this the DiT only ever saw perfect
-    context, and errors compound over a long video."""
+    own outputs, not the world's clean latents. Phase 5 was run with (0.5, 0.1) but, through a
+    bug fixed since, the trainer never handed it to its batches: the shipped teacher saw clean
+    context only, so the default is what it ran with. The distillation (DistillConfig) does use it."""
     bidirectional_prob: float = 0.6
     """Share of multi-block tick layouts with bidirectional in-flight attention (0.45 to step
     10,000)."""
@@ -208,6 +209,7 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
         model.tokens_per_frame(h, h),
         text_dropout=cfg.text_dropout,
         two_object_share=cfg.two_object_share,
+        context_noise=cfg.context_noise,
     )
     sampler = cfg.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     bf16 = cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16

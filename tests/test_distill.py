@@ -1,5 +1,7 @@
 """Distillation: the teacher's target is its own guided Euler integration; ticks match inference."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,48 @@ def test_distill_steps_learn_and_resume(tmp_path):
         DistillConfig(lag_probs=(0.5, 0.5))
     with pytest.raises(ValueError, match="sum to 1"):
         DistillConfig(lag_probs=(0.5, 0.5, 0.5, 0.0, 0.0))
+
+
+def test_distill_student_can_start_from_other_weights(tmp_path):
+    """--distill-init: the student starts from the given weights, not the teacher's (lr 0 keeps
+    them, so the exported EMA equals them), and the run records where it started."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from vidcascade.config import model_preset
+    from vidcascade.training.distill import distill
+    from vidcascade.training.dit_train import DiTTrainConfig
+
+    cfg = model_preset("tiny")
+    g = torch.Generator().manual_seed(0)
+    torch.save(
+        {
+            "latents": torch.randn(2, cfg.in_dim, 12, 8, 8, generator=g).half(),
+            "text": torch.randn(2, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
+            "attrs": [[("red", "circle", "left")] * (1 + i) for i in range(2)],
+        },
+        tmp_path / "latents.pt",
+    )
+    save_file(init_weights(CausalWanDiT(cfg), 1).state_dict(), str(tmp_path / "dit_ema.safetensors"))
+    other = init_weights(CausalWanDiT(cfg), 2).state_dict()
+    save_file(other, str(tmp_path / "old_student.safetensors"))
+    dcfg = DistillConfig(
+        steps=1,
+        substeps=1,
+        tokens_per_step=200,
+        lr=0.0,
+        layouts=DiTTrainConfig(),
+        init_from=str(tmp_path / "old_student.safetensors"),
+    )
+    out = distill(tmp_path / "latents.pt", tmp_path, dcfg)
+    got = load_file(str(out))
+    assert all(torch.allclose(got[k], v) for k, v in other.items())
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["student_init"] == "old_student.safetensors"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "dit_ema.safetensors").write_bytes((tmp_path / "dit_ema.safetensors").read_bytes())
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        distill(
+            tmp_path / "latents.pt", fresh, replace(dcfg, init_from=str(tmp_path / "missing.safetensors"))
+        )

@@ -61,6 +61,13 @@ def add_train_parser(sub) -> None:
         "(default 0.5,0.1)",
     )
     t.add_argument(
+        "--distill-init",
+        default=None,
+        metavar="WEIGHTS",
+        help="start a new distillation run's student from these weights (an earlier "
+        "dit_distilled_ema.safetensors or distill_ckpt.pt) instead of the teacher's",
+    )
+    t.add_argument(
         "--first-prob",
         type=float,
         default=None,
@@ -192,6 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             guidance=args.distill_guidance,
             lag_probs=args.distill_lag_probs,
             context_noise=args.distill_context_noise,
+            init_from=args.distill_init,
         ),
     )
     stages = ["vae", "data", "dit", "distill", "export"] if args.stage == "all" else [args.stage]

@@ -28,7 +28,7 @@ import torch
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT
 from .common import fit, require_at_least_one, require_context_noise, start_run
-from .dit_train import Batcher, DiTTrainConfig
+from .dit_train import Batcher, DiTTrainConfig, load_dit_weights
 from .latent_data import data_text_mode
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ class DistillConfig:
     )
     """Layout mix (video starts, context depth, attention) and clip mix; only its layout fields are
     used. Bidirectional share 0.75 (phase 5: 0.6, the DiT's)."""
+    init_from: str | None = None
+    """Start the student from these weights (an earlier student's ``dit_distilled_ema.safetensors``
+    or a ``distill_ckpt.pt``) instead of the teacher's, to re-fit a distilled student to a
+    retrained teacher in fewer steps. Ignored when the run folder has a checkpoint to resume."""
 
     def __post_init__(self) -> None:
         require_at_least_one(self, "steps", "substeps", "tokens_per_step", "checkpoint_every")
@@ -122,6 +126,9 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
     teacher.load_state_dict(load_file(str(src)))
     teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
+    if cfg.init_from and not ckpt_path.exists():
+        student.load_state_dict(load_dit_weights(Path(cfg.init_from)), strict=True)
+        log.info("the student starts from the weights of %s", cfg.init_from)
     torch.manual_seed(cfg.seed)
     opt, ema, rng, start = start_run(student, cfg, ckpt_path, "distillation")
     h = data["latents"].shape[-1]
@@ -164,6 +171,7 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
             "guidance": str(cfg.guidance),
             "substeps": str(cfg.substeps),
             "text_mode": data_text_mode(data),
+            **({"student_init": Path(cfg.init_from).name} if cfg.init_from else {}),
         },
     )
     return run_dir / "dit_distilled_ema.safetensors"

@@ -57,6 +57,7 @@ def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = Non
                 "teacher_init": Path(init).name if init else None,
                 "teacher_guidance": meta_in.get("guidance", "?"),
                 "teacher_substeps": meta_in.get("substeps", "?"),
+                **({"student_init": meta_in["student_init"]} if "student_init" in meta_in else {}),
             }
         }
         step = f"{teacher_step}+distill{step}"

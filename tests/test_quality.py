@@ -68,3 +68,11 @@ def test_eval_cli_rows(tmp_path, capsys):
     assert p0["psnr_vs_p0"] == 100.0 and abs(p0["ssim_vs_p0"] - 1.0) < 1e-6
     printed = capsys.readouterr().out
     assert "color_acc" in printed and "accuracy by number of objects" in printed
+
+
+def test_eval_cli_rejects_more_long_prompts_than_prompts(capsys):
+    # The long videos are drawn from the first --prompts items: asking for more must not silently
+    # run fewer.
+    rc = main(["eval", "--model", "random-tiny", "--prompts", "1", "--long-prompts", "4"])
+    assert rc == 2
+    assert "--long-prompts must be in 0..--prompts (1)" in capsys.readouterr().err

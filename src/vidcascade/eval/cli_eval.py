@@ -24,7 +24,12 @@ def add_eval_parser(sub, add_model_args, levels_type) -> None:
         help="eval: the reported set; validation: a disjoint set for choosing settings",
     )
     e.add_argument("--blocks", type=int, default=8, help="blocks per video")
-    e.add_argument("--long-prompts", type=int, default=8, help="long videos per configuration (drift)")
+    e.add_argument(
+        "--long-prompts",
+        type=int,
+        default=8,
+        help="long videos per configuration (drift), on the first N prompts (at most --prompts)",
+    )
     e.add_argument("--long-blocks", type=int, default=60, help="blocks per long video")
     e.add_argument("--no-switch-check", action="store_true", help="skip the prompt-switch check")
     e.add_argument("--json", dest="json_path", default=None, metavar="FILE")
@@ -42,6 +47,12 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
             raise ValueError(f"--attention: unknown mode {m!r}; expected causal and/or bidirectional")
     if args.prompts < 1 or args.blocks < 2:
         raise ValueError(f"need --prompts >= 1 and --blocks >= 2, got {args.prompts}, {args.blocks}")
+    if not 0 <= args.long_prompts <= args.prompts:
+        # The long videos reuse the first prompts of the set; more would silently be fewer.
+        raise ValueError(
+            f"--long-prompts must be in 0..--prompts ({args.prompts}): the long videos use the first "
+            f"prompts of the set; got {args.long_prompts}"
+        )
     bundle = load_bundle(args)
     levels = args.levels if args.levels is not None else list(range(bundle.sampling.num_steps + 1))
     for lv in levels:

@@ -76,25 +76,34 @@ def test_teacher_velocity_is_its_guided_euler_integration():
     assert torch.allclose(moved, x, atol=1e-5)
 
 
-def test_distill_steps_learn_and_resume(tmp_path):
-    from safetensors.torch import load_file, save_file
+def _tiny_run(run, n):
+    """A run folder with n random latent clips (one- and two-object alternating) and a random
+    teacher (dit_ema.safetensors); returns the model config."""
+    from safetensors.torch import save_file
 
     from vidcascade.config import model_preset
-    from vidcascade.training.distill import distill
-    from vidcascade.training.dit_train import DiTTrainConfig
 
     cfg = model_preset("tiny")
     g = torch.Generator().manual_seed(0)
-    n = 4
     torch.save(
         {
             "latents": torch.randn(n, cfg.in_dim, 12, 8, 8, generator=g).half(),
             "text": torch.randn(n, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
             "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(n)],
         },
-        tmp_path / "latents.pt",
+        run / "latents.pt",
     )
-    save_file(init_weights(CausalWanDiT(cfg), 1).state_dict(), str(tmp_path / "dit_ema.safetensors"))
+    save_file(init_weights(CausalWanDiT(cfg), 1).state_dict(), str(run / "dit_ema.safetensors"))
+    return cfg
+
+
+def test_distill_steps_learn_and_resume(tmp_path):
+    from safetensors.torch import load_file
+
+    from vidcascade.training.distill import distill
+    from vidcascade.training.dit_train import DiTTrainConfig
+
+    _tiny_run(tmp_path, 4)
     dcfg = DistillConfig(
         steps=2, substeps=2, tokens_per_step=200, checkpoint_every=1, layouts=DiTTrainConfig()
     )
@@ -118,21 +127,10 @@ def test_distill_student_can_start_from_other_weights(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from vidcascade.config import model_preset
     from vidcascade.training.distill import distill
     from vidcascade.training.dit_train import DiTTrainConfig
 
-    cfg = model_preset("tiny")
-    g = torch.Generator().manual_seed(0)
-    torch.save(
-        {
-            "latents": torch.randn(2, cfg.in_dim, 12, 8, 8, generator=g).half(),
-            "text": torch.randn(2, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
-            "attrs": [[("red", "circle", "left")] * (1 + i) for i in range(2)],
-        },
-        tmp_path / "latents.pt",
-    )
-    save_file(init_weights(CausalWanDiT(cfg), 1).state_dict(), str(tmp_path / "dit_ema.safetensors"))
+    cfg = _tiny_run(tmp_path, 2)
     other = init_weights(CausalWanDiT(cfg), 2).state_dict()
     save_file(other, str(tmp_path / "old_student.safetensors"))
     dcfg = DistillConfig(

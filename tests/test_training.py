@@ -270,7 +270,8 @@ def test_dit_init_from_weights(tmp_path, monkeypatch):
 
     from vidcascade.config import model_preset
     from vidcascade.training import dit_train
-    from vidcascade.training.dit_train import DiTTrainConfig, load_dit_weights, train_dit
+    from vidcascade.training.common import load_dit_weights
+    from vidcascade.training.dit_train import DiTTrainConfig, train_dit
 
     cfg = model_preset("tiny")
     src = init_weights(CausalWanDiT(cfg), 5).state_dict()

@@ -144,9 +144,29 @@ class Progress:
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in kw.items()}, refresh=False)
 
 
+def load_dit_weights(path: Path) -> dict[str, torch.Tensor]:
+    """fp32 DiT weights from a trainer checkpoint (its EMA) or a safetensors file."""
+    if not path.exists():
+        raise FileNotFoundError(f"DiT weights {path} do not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        ck = load_checkpoint(path)
+        if not isinstance(ck, dict) or "ema" not in ck:
+            raise ValueError(f"{path} is not a DiT trainer checkpoint (no 'ema' entry)")
+        state = ck["ema"]
+    return {k: v.float() for k, v in state.items()}
+
+
 def start_run(model: nn.Module, cfg, ckpt_path: Path, label: str):
     """AdamW (cfg.lr, cfg.weight_decay), EMA (cfg.ema) and the seeded generator of a DiT trainer,
-    restored from ckpt_path when a previous run left one. Returns (opt, ema, rng, start step)."""
+    restored from ckpt_path when a previous run left one; a new run with ``cfg.init_from`` set
+    first loads those weights into model. Returns (opt, ema, rng, start step)."""
+    if cfg.init_from and not ckpt_path.exists():
+        model.load_state_dict(load_dit_weights(Path(cfg.init_from)), strict=True)
+        log.info("%s starts from the weights of %s", label, cfg.init_from)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     ema = EMA(model, cfg.ema)
     rng = np.random.default_rng(cfg.seed)

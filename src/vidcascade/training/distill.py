@@ -28,7 +28,7 @@ import torch
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT
 from .common import fit, require_at_least_one, require_context_noise, start_run
-from .dit_train import Batcher, DiTTrainConfig, load_dit_weights
+from .dit_train import Batcher, DiTTrainConfig
 from .latent_data import data_text_mode
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,6 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
     teacher.load_state_dict(load_file(str(src)))
     teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
-    if cfg.init_from and not ckpt_path.exists():
-        student.load_state_dict(load_dit_weights(Path(cfg.init_from)), strict=True)
-        log.info("the student starts from the weights of %s", cfg.init_from)
     torch.manual_seed(cfg.seed)
     opt, ema, rng, start = start_run(student, cfg, ckpt_path, "distillation")
     h = data["latents"].shape[-1]

@@ -19,7 +19,7 @@ import torch
 
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT, init_weights
-from .common import fit, load_checkpoint, require_at_least_one, require_context_noise, start_run
+from .common import fit, require_at_least_one, require_context_noise, start_run
 from .latent_data import data_text_mode
 from .layouts import LayoutSampler, layout_mask
 
@@ -160,22 +160,6 @@ class Batcher:
         return x_t, 1000.0 * sig, ctx, target, loss_frames, pos, mask
 
 
-def load_dit_weights(path: Path) -> dict[str, torch.Tensor]:
-    """fp32 DiT weights from a trainer checkpoint (its EMA) or a safetensors file."""
-    if not path.exists():
-        raise FileNotFoundError(f"DiT weights {path} do not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        ck = load_checkpoint(path)
-        if not isinstance(ck, dict) or "ema" not in ck:
-            raise ValueError(f"{path} is not a DiT trainer checkpoint (no 'ema' entry)")
-        state = ck["ema"]
-    return {k: v.float() for k, v in state.items()}
-
-
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -199,9 +183,6 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
     mcfg = model_preset("tiny")
     torch.manual_seed(cfg.seed)
     model = init_weights(CausalWanDiT(mcfg), cfg.seed)
-    if cfg.init_from and not ckpt_path.exists():
-        model.load_state_dict(load_dit_weights(Path(cfg.init_from)), strict=True)
-        log.info("DiT starts from the weights of %s", cfg.init_from)
     opt, ema, rng, start = start_run(model, cfg, ckpt_path, "DiT training")
     h = data["latents"].shape[-1]
     batcher = Batcher(

@@ -153,3 +153,35 @@ def test_distill_student_can_start_from_other_weights(tmp_path):
         distill(
             tmp_path / "latents.pt", fresh, replace(dcfg, init_from=str(tmp_path / "missing.safetensors"))
         )
+
+
+def test_distill_with_rollouts_draws_its_bank_once(tmp_path):
+    """rollout_clips: the student draws that many clips as the run starts (block 0 true), saved in
+    the run folder; a resumed run trains on the same bank instead of drawing a new one."""
+    from vidcascade.training.distill import distill
+    from vidcascade.training.dit_train import DiTTrainConfig
+
+    _tiny_run(tmp_path, 4)
+    dcfg = DistillConfig(
+        steps=2,
+        substeps=1,
+        tokens_per_step=200,
+        checkpoint_every=1,
+        layouts=DiTTrainConfig(first_prob=0.01),
+        rollout_clips=3,
+        rollout_share=1.0,
+    )
+    distill(tmp_path / "latents.pt", tmp_path, dcfg)
+    bank = torch.load(tmp_path / "rollouts.pt", weights_only=False)
+    data = torch.load(tmp_path / "latents.pt", weights_only=False)
+    assert bank["latents"].shape == (3, *data["latents"].shape[1:])
+    true = data["latents"][bank["clips"]]
+    assert torch.equal(bank["latents"][:, :, :3], true[:, :, :3])
+    assert not torch.allclose(bank["latents"][:, :, 3:].float(), true[:, :, 3:].float(), atol=0.1)
+    distill(tmp_path / "latents.pt", tmp_path, replace(dcfg, steps=3))
+    assert torch.load(tmp_path / "distill_ckpt.pt", weights_only=False)["step"] == 3
+    assert torch.equal(torch.load(tmp_path / "rollouts.pt", weights_only=False)["latents"], bank["latents"])
+    with pytest.raises(ValueError, match="rollout_clips"):
+        DistillConfig(rollout_clips=-1)
+    with pytest.raises(ValueError, match="rollout_share"):
+        DistillConfig(rollout_share=1.5)

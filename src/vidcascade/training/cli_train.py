@@ -68,6 +68,15 @@ def add_train_parser(sub) -> None:
         "dit_distilled_ema.safetensors or distill_ckpt.pt) instead of the teacher's",
     )
     t.add_argument(
+        "--distill-rollouts",
+        type=int,
+        default=None,
+        metavar="CLIPS",
+        help="clips the student draws itself (one block ahead of the true clip) at the start of a "
+        "distillation run; it then sees its own blocks as context in half the ticks while the "
+        "teacher sees the true ones (default 0: off)",
+    )
+    t.add_argument(
         "--first-prob",
         type=float,
         default=None,
@@ -200,6 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             lag_probs=args.distill_lag_probs,
             context_noise=args.distill_context_noise,
             init_from=args.distill_init,
+            rollout_clips=args.distill_rollouts,
         ),
     )
     stages = ["vae", "data", "dit", "distill", "export"] if args.stage == "all" else [args.stage]

@@ -12,6 +12,13 @@ Every training sample is one tick of the engine exactly as inference runs it
 schedule stages (lags 1..S+1), causal or bidirectional. The teacher moves all in-flight blocks of
 the tick together, each from its own level to its next one, so the student learns the cascade's
 joint update, not only the sequential one.
+
+With ``rollout_clips`` (rollouts.py), some ticks show the student its own drawing of the clean
+blocks while the teacher sees the true ones; the student then learns to correct its errors
+instead of copying them, which is what a long video needs. The drawings come from the student
+the run starts from, so this is meant for a run that starts from a distilled student
+(``init_from``); one that starts from the teacher's weights would draw with an undistilled
+4-step sampler.
 """
 
 from __future__ import annotations
@@ -65,12 +72,24 @@ class DistillConfig:
     """Start the student from these weights (an earlier student's ``dit_distilled_ema.safetensors``
     or a ``distill_ckpt.pt``) instead of the teacher's, to re-fit a distilled student to a
     retrained teacher in fewer steps. Ignored when the run folder has a checkpoint to resume."""
+    rollout_clips: int = 0
+    """Clips whose blocks the student draws itself at the start of the run (rollouts.py; one step
+    ahead of the true blocks, two-object clips at the layouts' share), kept in the run folder as
+    rollouts.pt. 0: no rollouts (phases 5-6)."""
+    rollout_share: float = 0.5
+    """Share of ticks with clean blocks (context, cache step) in which the student sees its own
+    drawn blocks there while the teacher sees the true ones: the student learns the move the
+    teacher makes from the true video, i.e. to correct its own errors instead of copying them."""
 
     def __post_init__(self) -> None:
         require_at_least_one(self, "steps", "substeps", "tokens_per_step", "checkpoint_every")
         if self.guidance < 1.0:
             raise ValueError(f"guidance must be >= 1, got {self.guidance}")
         require_context_noise(self.context_noise)
+        if self.rollout_clips < 0:
+            raise ValueError(f"rollout_clips must be >= 0, got {self.rollout_clips}")
+        if not 0.0 <= self.rollout_share <= 1.0:
+            raise ValueError(f"rollout_share must be in [0, 1], got {self.rollout_share}")
         self.layouts.layout_sampler(16).check_lag_probs(self.lag_probs)
 
 
@@ -112,6 +131,50 @@ def teacher_velocity(
     return torch.where(step != 0, (x - x_t) / step.where(step != 0, torch.ones_like(step)), 0.0)
 
 
+def drawable_blocks(layout, stages: tuple[int, ...], steps: int) -> list[int]:
+    """Sequence blocks of a tick that the student may see as its own drawing: the clean ones
+    (committed context, stage -1; the cache step, stage ``steps``) except clip block 0, the sink,
+    which rollouts keep true."""
+    return [j for j, (b, st) in enumerate(zip(layout.clip_blocks, stages)) if st in (-1, steps) and b >= 1]
+
+
+def with_drawn_blocks(
+    x_t: torch.Tensor, drawn: torch.Tensor, layout, blocks: list[int], fpb: int
+) -> torch.Tensor:
+    """x_t [B, z, F, h, w] with its sequence blocks ``blocks`` taken from the drawn clips [B, z, T,
+    h, w] (at their clip block's frames); the other blocks untouched."""
+    out = x_t.clone()
+    for j in blocks:
+        f, cf = j * fpb, layout.clip_blocks[j] * fpb
+        out[:, :, f : f + fpb] = drawn[:, :, cf : cf + fpb].float()
+    return out
+
+
+def _rollout_bank(run_dir: Path, cfg: DistillConfig, student, data: dict, batcher: Batcher, sched) -> dict:
+    """The student's own drawings of ``cfg.rollout_clips`` clips, made once by the student as the
+    run starts (a resumed run loads them: they belong to the run, not to the current weights)."""
+    from .rollouts import build_rollout_bank
+
+    path = run_dir / "rollouts.pt"
+    if path.exists():
+        bank = torch.load(path, map_location="cpu", weights_only=False)
+        if len(bank["clips"]) == cfg.rollout_clips:
+            return bank
+        log.info(
+            "%s holds %d clips, the run asks for %d: drawing them again",
+            path,
+            len(bank["clips"]),
+            cfg.rollout_clips,
+        )
+    rng = np.random.default_rng(cfg.seed + 1)
+    clips = batcher.sample_clips(rng, cfg.rollout_clips)
+    blocks = data["latents"].shape[2] // batcher.fpb
+    bank = build_rollout_bank(student, data, clips, sched, blocks, seed=cfg.seed)
+    student.train()
+    torch.save(bank, path)
+    return bank
+
+
 def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float | None = None) -> Path:
     """Distil run_dir/dit_ema.safetensors into run_dir/dit_distilled_ema.safetensors (resumable
     through run_dir/distill_ckpt.pt)."""
@@ -139,18 +202,31 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
     sampler = lay.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     sched = sampler.schedule_sigmas
     per_block = 3 * batcher.tpf
+    bank = _rollout_bank(run_dir, cfg, student, data, batcher, sched) if cfg.rollout_clips else None
+    fpb = batcher.fpb
 
     def step_loss():
         layout, stages = sampler.sample_tick(
             rng, lambda nb: np.clip(cfg.tokens_per_step // (nb * per_block), 4, 48), cfg.lag_probs
         )
-        x_t, t, ctx, _, loss_frames, pos, mask = batcher.make(rng, layout, len(layout.sigmas[0]))
+        batch = len(layout.sigmas[0])
+        own = drawable_blocks(layout, stages, len(sched))
+        rows = None
+        if bank is not None and own and rng.random() < cfg.rollout_share:
+            rows = rng.integers(len(bank["clips"]), size=batch)
+        clips = None if rows is None else bank["clips"][rows].numpy()
+        x_t, t, ctx, _, loss_frames, pos, mask = batcher.make(rng, layout, batch, clips)
         sigma = t / 1000.0  # [B, F]
-        nxt = _next_sigma(stages, sched, x_t.shape[0], batcher.fpb)
+        nxt = _next_sigma(stages, sched, x_t.shape[0], fpb)
         target = teacher_velocity(teacher, x_t, sigma, nxt, ctx, pos, mask, cfg.substeps, cfg.guidance)
-        v = student(x_t, t, ctx, frame_pos=pos, attn_mask=mask)
+        x_in = (
+            x_t
+            if rows is None
+            else with_drawn_blocks(x_t, bank["latents"][torch.from_numpy(rows)], layout, own, fpb)
+        )
+        v = student(x_in, t, ctx, frame_pos=pos, attn_mask=mask)
         loss = (v - target).square().mean(dim=(1, 3, 4))[:, loss_frames].mean()
-        return loss, {"blocks": len(layout.clip_blocks)}
+        return loss, {"blocks": len(layout.clip_blocks), "own": float(rows is not None)}
 
     fit(
         student,
@@ -169,6 +245,7 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
             "substeps": str(cfg.substeps),
             "text_mode": data_text_mode(data),
             **({"student_init": Path(cfg.init_from).name} if cfg.init_from else {}),
+            **({"rollouts": f"{cfg.rollout_clips}@{cfg.rollout_share}"} if cfg.rollout_clips else {}),
         },
     )
     return run_dir / "dit_distilled_ema.safetensors"

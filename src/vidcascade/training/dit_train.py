@@ -123,7 +123,7 @@ class Batcher:
             if not len(self.one) or not len(self.two):
                 raise ValueError("two_object_share needs both one- and two-object clips in the data")
 
-    def _clips(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+    def sample_clips(self, rng: np.random.Generator, batch: int) -> np.ndarray:
         """Clip indices [batch]: uniform, or two-object clips at ``two_object_share``."""
         if self.two_object_share is None:
             return rng.integers(0, self.text.shape[0], size=batch)
@@ -132,9 +132,10 @@ class Batcher:
         from_one = self.one[rng.integers(len(self.one), size=batch)]
         return np.where(pick_two, from_two, from_one)
 
-    def make(self, rng: np.random.Generator, layout, batch: int):
+    def make(self, rng: np.random.Generator, layout, batch: int, clips: np.ndarray | None = None):
+        """Tensors of one layout: random clips (or the given clip indices [batch])."""
         p = self.text.shape[1]
-        idx = torch.from_numpy(self._clips(rng, batch))
+        idx = torch.from_numpy(self.sample_clips(rng, batch) if clips is None else clips)
         cap = torch.from_numpy(rng.integers(0, p, size=batch))
         fpb = self.fpb
         frames = torch.cat([torch.arange(b * fpb, (b + 1) * fpb) for b in layout.clip_blocks])

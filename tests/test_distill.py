@@ -181,6 +181,16 @@ def test_distill_with_rollouts_draws_its_bank_once(tmp_path):
     distill(tmp_path / "latents.pt", tmp_path, replace(dcfg, steps=3))
     assert torch.load(tmp_path / "distill_ckpt.pt", weights_only=False)["step"] == 3
     assert torch.equal(torch.load(tmp_path / "rollouts.pt", weights_only=False)["latents"], bank["latents"])
+    # Overlap focus: the bank holds only clips whose objects overlap after the first block.
+    data["overlap"] = torch.zeros(4, 12, dtype=torch.bool)
+    data["overlap"][2, 7] = True
+    torch.save(data, tmp_path / "latents.pt")
+    distill(tmp_path / "latents.pt", tmp_path, replace(dcfg, steps=4, rollout_focus="overlap"))
+    focused = torch.load(tmp_path / "rollouts.pt", weights_only=False)
+    assert focused["focus"] == "overlap" and focused["clips"].tolist() == [2, 2, 2]
+    assert focused["overlap"][:, 2].all() and not focused["overlap"][:, [0, 1, 3]].any()
+    with pytest.raises(ValueError, match="rollout_focus"):
+        DistillConfig(rollout_focus="sometimes")
     with pytest.raises(ValueError, match="rollout_clips"):
         DistillConfig(rollout_clips=-1)
     with pytest.raises(ValueError, match="rollout_share"):

@@ -89,3 +89,22 @@ def test_student_sees_its_own_blocks_only_where_the_tick_is_clean():
     assert torch.equal(x_in[:, :, :3], x_t[:, :, :3]) and torch.equal(x_in[:, :, 9:], x_t[:, :, 9:])
     assert torch.equal(x_in[:, :, 3:6], drawn[:, :, 9:12].float())  # clip block 3's frames
     assert torch.equal(x_in[:, :, 6:9], drawn[:, :, 12:15].float())
+
+
+def test_overlap_focus_picks_clips_that_overlap_within_the_tick():
+    import numpy as np
+
+    from vidcascade.training.distill import _bank_rows
+
+    overlap = torch.zeros(4, 6, dtype=torch.bool)
+    overlap[1, 2] = True  # overlaps before the tick's own blocks
+    overlap[2, 4] = True  # within
+    overlap[3, 5] = True  # within (the in-flight block)
+    bank = {"clips": torch.arange(4), "overlap": overlap}
+    lay = Layout(
+        (0, 3, 4, 5), (0, 9, 12, 15), ((0.0,),) * 3 + ((0.9,),), (False,) * 3 + (True,), 2, False, "tick"
+    )
+    rows = _bank_rows(np.random.default_rng(0), bank, lay, [1, 2], 200)
+    assert set(rows.tolist()) == {2, 3}
+    none = {"clips": torch.arange(4), "overlap": torch.zeros(4, 6, dtype=torch.bool)}
+    assert set(_bank_rows(np.random.default_rng(0), none, lay, [1, 2], 200).tolist()) == {0, 1, 2, 3}

@@ -77,6 +77,13 @@ def add_train_parser(sub) -> None:
         "teacher sees the true ones (default 0: off)",
     )
     t.add_argument(
+        "--distill-rollout-focus",
+        choices=["any", "overlap"],
+        default=None,
+        help="clips of the rollouts: any, or those whose two objects overlap (and ticks around the "
+        "overlap) (default any)",
+    )
+    t.add_argument(
         "--first-prob",
         type=float,
         default=None,
@@ -210,6 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             context_noise=args.distill_context_noise,
             init_from=args.distill_init,
             rollout_clips=args.distill_rollouts,
+            rollout_focus=args.distill_rollout_focus,
         ),
     )
     stages = ["vae", "data", "dit", "distill", "export"] if args.stage == "all" else [args.stage]

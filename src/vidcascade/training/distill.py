@@ -36,7 +36,7 @@ from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT
 from .common import fit, require_at_least_one, require_context_noise, start_run
 from .dit_train import Batcher, DiTTrainConfig
-from .latent_data import data_text_mode
+from .latent_data import data_text_mode, object_overlaps
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ class DistillConfig:
     """Share of ticks with clean blocks (context, cache step) in which the student sees its own
     drawn blocks there while the teacher sees the true ones: the student learns the move the
     teacher makes from the true video, i.e. to correct its own errors instead of copying them."""
+    rollout_focus: str = "any"
+    """Which clips the rollouts draw: "any" (at the layouts' two-object share) or "overlap": clips
+    whose two objects overlap after the first block, and in each tick the clips whose overlap falls
+    within the tick's blocks. Long two-object videos lose an object where the two overlap: the
+    model draws them merged and then continues the merged blob."""
 
     def __post_init__(self) -> None:
         require_at_least_one(self, "steps", "substeps", "tokens_per_step", "checkpoint_every")
@@ -90,6 +95,8 @@ class DistillConfig:
             raise ValueError(f"rollout_clips must be >= 0, got {self.rollout_clips}")
         if not 0.0 <= self.rollout_share <= 1.0:
             raise ValueError(f"rollout_share must be in [0, 1], got {self.rollout_share}")
+        if self.rollout_focus not in ("any", "overlap"):
+            raise ValueError(f"rollout_focus must be 'any' or 'overlap', got {self.rollout_focus!r}")
         self.layouts.layout_sampler(16).check_lag_probs(self.lag_probs)
 
 
@@ -150,6 +157,17 @@ def with_drawn_blocks(
     return out
 
 
+def _bank_rows(rng: np.random.Generator, bank: dict, layout, own: list[int], batch: int) -> np.ndarray:
+    """Bank rows for a tick: any, or (overlap focus) those whose objects overlap between the first
+    block the student sees as its own and the tick's last block, where there are such rows."""
+    pool = np.arange(len(bank["clips"]))
+    if "overlap" in bank:
+        lo, hi = min(layout.clip_blocks[j] for j in own), max(layout.clip_blocks)
+        hit = np.flatnonzero(bank["overlap"][:, lo : hi + 1].numpy().any(1))
+        pool = hit if len(hit) else pool
+    return pool[rng.integers(len(pool), size=batch)]
+
+
 def _rollout_bank(run_dir: Path, cfg: DistillConfig, student, data: dict, batcher: Batcher, sched) -> dict:
     """The student's own drawings of ``cfg.rollout_clips`` clips, made once by the student as the
     run starts (a resumed run loads them: they belong to the run, not to the current weights)."""
@@ -158,18 +176,32 @@ def _rollout_bank(run_dir: Path, cfg: DistillConfig, student, data: dict, batche
     path = run_dir / "rollouts.pt"
     if path.exists():
         bank = torch.load(path, map_location="cpu", weights_only=False)
-        if len(bank["clips"]) == cfg.rollout_clips:
+        if len(bank["clips"]) == cfg.rollout_clips and bank.get("focus", "any") == cfg.rollout_focus:
             return bank
         log.info(
-            "%s holds %d clips, the run asks for %d: drawing them again",
+            "%s holds %d clips (%s), the run asks for %d (%s): drawing them again",
             path,
             len(bank["clips"]),
+            bank.get("focus", "any"),
             cfg.rollout_clips,
+            cfg.rollout_focus,
         )
     rng = np.random.default_rng(cfg.seed + 1)
-    clips = batcher.sample_clips(rng, cfg.rollout_clips)
-    blocks = data["latents"].shape[2] // batcher.fpb
+    fpb = batcher.fpb
+    blocks = data["latents"].shape[2] // fpb
+    overlap = None
+    if cfg.rollout_focus == "overlap":
+        overlap = object_overlaps(data)[:, : blocks * fpb].reshape(-1, blocks, fpb).any(-1)  # [N, blocks]
+        pool = np.flatnonzero(overlap[:, 1:].any(1))
+        if not len(pool):
+            raise ValueError("rollout_focus 'overlap': no clip in the data has overlapping objects")
+        clips = rng.choice(pool, size=cfg.rollout_clips, replace=cfg.rollout_clips > len(pool))
+    else:
+        clips = batcher.sample_clips(rng, cfg.rollout_clips)
     bank = build_rollout_bank(student, data, clips, sched, blocks, seed=cfg.seed)
+    bank["focus"] = cfg.rollout_focus
+    if overlap is not None:
+        bank["overlap"] = torch.from_numpy(overlap[clips])
     student.train()
     torch.save(bank, path)
     return bank
@@ -213,7 +245,7 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
         own = drawable_blocks(layout, stages, len(sched))
         rows = None
         if bank is not None and own and rng.random() < cfg.rollout_share:
-            rows = rng.integers(len(bank["clips"]), size=batch)
+            rows = _bank_rows(rng, bank, layout, own, batch)
         clips = None if rows is None else bank["clips"][rows].numpy()
         x_t, t, ctx, _, loss_frames, pos, mask = batcher.make(rng, layout, batch, clips)
         sigma = t / 1000.0  # [B, F]
@@ -245,7 +277,11 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
             "substeps": str(cfg.substeps),
             "text_mode": data_text_mode(data),
             **({"student_init": Path(cfg.init_from).name} if cfg.init_from else {}),
-            **({"rollouts": f"{cfg.rollout_clips}@{cfg.rollout_share}"} if cfg.rollout_clips else {}),
+            **(
+                {"rollouts": f"{cfg.rollout_clips} {cfg.rollout_focus} @{cfg.rollout_share}"}
+                if cfg.rollout_clips
+                else {}
+            ),
         },
     )
     return run_dir / "dit_distilled_ema.safetensors"

@@ -10,6 +10,7 @@ Stored in one .pt file::
     text      fp16 [N, P, L, 384]    per-token MiniLM states of P captions (zero rows past the length)
     captions  list[list[str]]        the P captions of each clip
     attrs     list[list[tuple]]      (colour, shape, motion) per object
+    overlap   bool [N, T]            frames where the two objects' bounding boxes intersect
     config    dict                   the DataConfig, text_mode included ("sentence" if absent)
 
 The captions are kept so that the text alone can be encoded again (``reencode_text``, the
@@ -29,6 +30,7 @@ from ..models.embedded import check_text_mode
 from ..models.wan_vae import WanVAE
 from ..models.wan_vae_blocks import CausalState
 from ..world import caption, render, sample_spec
+from ..world.render import object_centers
 from .common import to_video_tensor
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,38 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_text_mode(self.text_mode)
+
+
+def object_overlaps(data: dict) -> np.ndarray:
+    """bool [N, T]: frames where a clip's two objects' bounding boxes intersect (one hides part of
+    the other). Files built before this field existed are replayed from their seed (geometry only,
+    nothing rendered), checked against their stored captions."""
+    if "overlap" in data:
+        return np.asarray(data["overlap"])
+    cfg = data.get("config") or {}
+    if not {"seed", "two_object_prob", "captions_per_clip", "frames"} <= set(cfg) or "captions" not in data:
+        raise ValueError(
+            "this latent data holds neither overlaps nor the config to replay them (rebuild: train data)"
+        )
+    rng = np.random.default_rng(cfg["seed"])
+    out = np.zeros((len(data["captions"]), cfg["frames"]), dtype=bool)
+    for i, caps in enumerate(data["captions"]):
+        spec = sample_spec(rng, cfg["two_object_prob"])
+        if [caption(spec, rng) for _ in range(cfg["captions_per_clip"])] != caps:
+            raise ValueError(
+                f"replaying the data's seed gives other captions at clip {i}: cannot find its overlaps"
+            )
+        out[i] = spec_overlaps(spec, cfg["frames"])
+    return out
+
+
+def spec_overlaps(spec, frames: int) -> np.ndarray:
+    """bool [frames]: whether the scene's two objects' bounding boxes intersect (False for one)."""
+    if len(spec.objects) < 2:
+        return np.zeros(frames, dtype=bool)
+    a, b = spec.objects
+    gap = np.abs(object_centers(a, frames) - object_centers(b, frames)) - (a.half_size + b.half_size)
+    return np.all(gap <= 0.0, axis=1)
 
 
 def data_text_mode(data: dict) -> str:
@@ -101,6 +135,7 @@ def build_latent_data(vae: WanVAE, text_encoder, out: Path, cfg: DataConfig) -> 
     latents = torch.empty(cfg.clips, z, t, h, w, dtype=torch.float16)
     captions: list[list[str]] = []
     attrs: list[list[tuple[str, str, str]]] = []
+    overlap = np.zeros((cfg.clips, t), dtype=bool)
     for start in tqdm(range(0, cfg.clips, cfg.batch), desc="encode clips", unit="batch", mininterval=5):
         n = min(cfg.batch, cfg.clips - start)
         frames = np.empty((n, t, 64, 64, 3), dtype=np.uint8)
@@ -110,12 +145,21 @@ def build_latent_data(vae: WanVAE, text_encoder, out: Path, cfg: DataConfig) -> 
             caps = [caption(spec, rng) for _ in range(c)]
             captions.append(caps)
             attrs.append([(a.color, a.shape, a.motion) for a in spec.attrs])
+            overlap[start + i] = spec_overlaps(spec, t)
         moments, _ = vae.encode_step(to_video_tensor(frames), CausalState())
         latents[start : start + n] = vae.normalize(moments.chunk(2, dim=1)[0]).half()
     text = encode_captions(text_encoder, captions)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"latents": latents, "text": text, "captions": captions, "attrs": attrs, "config": cfg.__dict__}, out
+        {
+            "latents": latents,
+            "text": text,
+            "captions": captions,
+            "attrs": attrs,
+            "overlap": torch.from_numpy(overlap),
+            "config": cfg.__dict__,
+        },
+        out,
     )
     log.info("wrote %s: %d clips x %d frames", out, cfg.clips, t)
     return out

@@ -69,7 +69,7 @@ def test_two_object_share_draws_clips_by_object_count():
     rng = np.random.default_rng(0)
     for share, lo, hi in ((0.0, 0.0, 0.0), (0.8, 0.7, 0.9), (1.0, 1.0, 1.0)):
         b = Batcher(data, 16, two_object_share=share)
-        picks = np.concatenate([b._clips(rng, 50) for _ in range(20)])
+        picks = np.concatenate([b.sample_clips(rng, 50) for _ in range(20)])
         assert lo <= np.isin(picks, list(two)).mean() <= hi
     with pytest.raises(ValueError, match="attrs"):
         Batcher({k: v for k, v in data.items() if k != "attrs"}, 16, two_object_share=0.5)

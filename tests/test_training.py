@@ -319,16 +319,17 @@ def test_dit_init_from_weights(tmp_path, monkeypatch):
 def test_object_overlaps_of_a_scene_and_replayed_from_the_data_seed():
     import numpy as np
 
-    from vidcascade.training.latent_data import object_overlaps, spec_overlaps
+    from vidcascade.training.latent_data import object_overlaps
     from vidcascade.world import ObjectAttrs, caption, sample_spec
-    from vidcascade.world.render import ClipSpec, ObjectSpec
+    from vidcascade.world.generate import box_overlaps
+    from vidcascade.world.render import ObjectSpec
 
     mover = ObjectSpec(ObjectAttrs("red", "square", "right"), (0.3, 0.5), 0.1, 0.02)
     still = ObjectSpec(ObjectAttrs("blue", "circle", "still"), (0.7, 0.5), 0.1, 0.0)
-    got = spec_overlaps(ClipSpec((mover, still)), 14)
+    got = box_overlaps((mover, still), 14)
     # Boxes touch once the mover's centre is within 0.2 of the still one's: x = 0.3 + 0.02 t >= 0.5.
     assert not got[:10].any() and got[10:].all()
-    assert not spec_overlaps(ClipSpec((mover,)), 14).any()
+    assert not box_overlaps((mover,), 14).any()
 
     cfg = {"seed": 5, "two_object_prob": 0.9, "captions_per_clip": 2, "frames": 30}
     rng = np.random.default_rng(cfg["seed"])
@@ -336,7 +337,7 @@ def test_object_overlaps_of_a_scene_and_replayed_from_the_data_seed():
     for _ in range(6):  # the order in which build_latent_data draws scenes and captions
         specs.append(sample_spec(rng, cfg["two_object_prob"]))
         captions.append([caption(specs[-1], rng) for _ in range(cfg["captions_per_clip"])])
-    want = np.stack([spec_overlaps(s, cfg["frames"]) for s in specs])
+    want = np.stack([box_overlaps(s.objects, cfg["frames"]) for s in specs])
     assert np.array_equal(object_overlaps({"config": cfg, "captions": captions}), want)
     assert np.array_equal(object_overlaps({"overlap": want[:2]}), want[:2])  # stored: used as is
     captions[3] = ["another caption", "and another"]

@@ -30,7 +30,7 @@ from ..models.embedded import check_text_mode
 from ..models.wan_vae import WanVAE
 from ..models.wan_vae_blocks import CausalState
 from ..world import caption, render, sample_spec
-from ..world.render import object_centers
+from ..world.generate import box_overlaps
 from .common import to_video_tensor
 
 log = logging.getLogger(__name__)
@@ -74,17 +74,8 @@ def object_overlaps(data: dict) -> np.ndarray:
             raise ValueError(
                 f"replaying the data's seed gives other captions at clip {i}: cannot find its overlaps"
             )
-        out[i] = spec_overlaps(spec, cfg["frames"])
+        out[i] = box_overlaps(spec.objects, cfg["frames"])
     return out
-
-
-def spec_overlaps(spec, frames: int) -> np.ndarray:
-    """bool [frames]: whether the scene's two objects' bounding boxes intersect (False for one)."""
-    if len(spec.objects) < 2:
-        return np.zeros(frames, dtype=bool)
-    a, b = spec.objects
-    gap = np.abs(object_centers(a, frames) - object_centers(b, frames)) - (a.half_size + b.half_size)
-    return np.all(gap <= 0.0, axis=1)
 
 
 def data_text_mode(data: dict) -> str:
@@ -145,7 +136,7 @@ def build_latent_data(vae: WanVAE, text_encoder, out: Path, cfg: DataConfig) -> 
             caps = [caption(spec, rng) for _ in range(c)]
             captions.append(caps)
             attrs.append([(a.color, a.shape, a.motion) for a in spec.attrs])
-            overlap[start + i] = spec_overlaps(spec, t)
+            overlap[start + i] = box_overlaps(spec.objects, t)
         moments, _ = vae.encode_step(to_video_tensor(frames), CausalState())
         latents[start : start + n] = vae.normalize(moments.chunk(2, dim=1)[0]).half()
     text = encode_captions(text_encoder, captions)

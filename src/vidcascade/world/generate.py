@@ -101,14 +101,19 @@ def _place(attrs: ObjectAttrs, rng: np.random.Generator, geometry: GeometryConfi
     return ObjectSpec(attrs=attrs, center=(center[0], center[1]), half_size=half, speed=speed)
 
 
-def _overlap_early(objects: Sequence[ObjectSpec], num_frames: int) -> bool:
-    """Whether the bounding boxes of two objects intersect in any of the first ``num_frames`` frames."""
+def box_overlaps(objects: Sequence[ObjectSpec], num_frames: int) -> np.ndarray:
+    """bool (T,): frames where the bounding boxes of two objects intersect (all False for one)."""
     if len(objects) < 2:
-        return False
+        return np.zeros(num_frames, dtype=bool)
     a, b = objects
     ca, cb = object_centers(a, num_frames), object_centers(b, num_frames)  # (T, 2) each
     gap = np.abs(ca - cb) - (a.half_size + b.half_size)  # (T, 2); boxes are apart where any gap > 0
-    return bool(np.any(np.all(gap <= 0.0, axis=1)))
+    return np.all(gap <= 0.0, axis=1)
+
+
+def _overlap_early(objects: Sequence[ObjectSpec], num_frames: int) -> bool:
+    """Whether the bounding boxes of two objects intersect in any of the first ``num_frames`` frames."""
+    return bool(box_overlaps(objects, num_frames).any())
 
 
 def spec_from_attrs(

@@ -157,6 +157,10 @@ def test_train_flags_are_checked_before_any_work(tmp_path, capsys):
     assert "lag_probs needs 5 entries" in capsys.readouterr().err
     assert main(["train", "distill", "--run", str(tmp_path), "--distill-bidirectional-prob", "-1"]) == 2
     assert "bidirectional_prob must be in [0, 1], got -1.0" in capsys.readouterr().err
+    assert main(["train", "dit", "--run", str(tmp_path), "--overlap-share", "1.2"]) == 2
+    assert "overlap_share must be in [0, 1], got 1.2" in capsys.readouterr().err
+    assert main(["train", "distill", "--run", str(tmp_path), "--distill-overlap-share", "-0.5"]) == 2
+    assert "overlap_share must be in [0, 1], got -0.5" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -75,6 +75,37 @@ def test_two_object_share_draws_clips_by_object_count():
         Batcher({k: v for k, v in data.items() if k != "attrs"}, 16, two_object_share=0.5)
 
 
+def test_overlap_share_draws_clips_overlapping_in_the_layouts_blocks():
+    from vidcascade.training.dit_train import DiTTrainConfig
+
+    data = _fake_data(n=10)  # 12 frames = 4 blocks of 3
+    overlap = np.zeros((10, 12), dtype=bool)
+    overlap[3, 7] = True  # clip 3: block 2
+    overlap[5, 9:12] = True  # clip 5: block 3
+    data["overlap"] = torch.from_numpy(overlap)
+    rng = np.random.default_rng(0)
+    b = Batcher(data, 16, two_object_share=0.5, overlap_share=1.0)
+    assert set(b.sample_clips(rng, 200, [0, 2])) == {3}
+    assert set(b.sample_clips(rng, 200, [1, 2, 3])) == {3, 5}
+    assert len(set(b.sample_clips(rng, 200, [0, 1]))) > 2  # no clip overlaps there: drawn as before
+    assert len(set(b.sample_clips(rng, 200))) > 2  # no layout given (the rollout bank): as before
+    half = Batcher(data, 16, overlap_share=0.5).sample_clips(rng, 2000, [3])
+    assert 0.45 < (half == 5).mean() < 0.6  # 50% from the pool plus 1 in 10 of the uniform draws
+    plain = Batcher(data, 16).make(np.random.default_rng(4), _any_layout(), 4)
+    again = Batcher({k: v for k, v in data.items() if k != "overlap"}, 16).make(
+        np.random.default_rng(4), _any_layout(), 4
+    )
+    assert torch.equal(plain[0], again[0])  # share 0 needs no overlaps and draws as before
+    with pytest.raises(ValueError, match="overlap"):
+        Batcher({**data, "overlap": torch.zeros(10, 12, dtype=torch.bool)}, 16, overlap_share=0.5)
+    with pytest.raises(ValueError, match="overlap_share"):
+        DiTTrainConfig(overlap_share=1.5)
+
+
+def _any_layout():
+    return LayoutSampler(clip_blocks=4, max_blocks=3).sample(np.random.default_rng(3), lambda nb: 4)
+
+
 def test_layout_options_reach_the_sampler_and_are_validated():
     from vidcascade.training.dit_train import DiTTrainConfig
 

@@ -96,6 +96,18 @@ def add_train_parser(sub) -> None:
         help="share of DiT samples from two-object clips (default 0.75)",
     )
     t.add_argument(
+        "--overlap-share",
+        type=float,
+        default=None,
+        help="share of DiT samples from clips whose two objects overlap in the sample's blocks (default 0)",
+    )
+    t.add_argument(
+        "--distill-overlap-share",
+        type=float,
+        default=None,
+        help="the same for distillation ticks (default 0)",
+    )
+    t.add_argument(
         "--bidirectional-prob",
         type=float,
         default=None,
@@ -197,6 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             steps=args.dit_steps,
             first_prob=args.first_prob,
             two_object_share=args.two_object_share,
+            overlap_share=args.overlap_share,
             bidirectional_prob=args.bidirectional_prob,
             context_probs=args.context_probs,
             context_noise=args.context_noise,
@@ -207,6 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     klayouts = DistillConfig().layouts
     if args.distill_bidirectional_prob is not None:
         klayouts = dataclasses.replace(klayouts, bidirectional_prob=args.distill_bidirectional_prob)
+    if args.distill_overlap_share is not None:
+        klayouts = dataclasses.replace(klayouts, overlap_share=args.distill_overlap_share)
     kcfg = DistillConfig(
         seed=args.seed,
         layouts=klayouts,

@@ -36,7 +36,7 @@ from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT
 from .common import fit, require_at_least_one, require_context_noise, start_run
 from .dit_train import Batcher, DiTTrainConfig
-from .latent_data import data_text_mode, object_overlaps
+from .latent_data import block_overlaps, data_text_mode
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def _rollout_bank(run_dir: Path, cfg: DistillConfig, student, data: dict, batche
     blocks = data["latents"].shape[2] // fpb
     overlap = None
     if cfg.rollout_focus == "overlap":
-        overlap = object_overlaps(data)[:, : blocks * fpb].reshape(-1, blocks, fpb).any(-1)  # [N, blocks]
+        overlap = block_overlaps(data, fpb)  # [N, blocks]
         pool = np.flatnonzero(overlap[:, 1:].any(1))
         if not len(pool):
             raise ValueError("rollout_focus 'overlap': no clip in the data has overlapping objects")
@@ -230,6 +230,7 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
         student.tokens_per_frame(h, h),
         two_object_share=lay.two_object_share,
         context_noise=cfg.context_noise,
+        overlap_share=lay.overlap_share,
     )
     sampler = lay.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     sched = sampler.schedule_sigmas

@@ -20,7 +20,7 @@ import torch
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT, init_weights
 from .common import fit, require_at_least_one, require_context_noise, start_run
-from .latent_data import data_text_mode
+from .latent_data import block_overlaps, data_text_mode
 from .layouts import LayoutSampler, layout_mask
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,11 @@ class DiTTrainConfig:
     step 10,000). Two objects are where the step-10,000 model failed: at level 0 one-object
     prompts scored colour / shape / motion 0.86 / 0.88 / 0.79, two-object prompts 0.55 / 0.45 /
     0.34 (64 eval prompts). 0.6 in phases 3-4."""
+    overlap_share: float = 0.0
+    """Share of samples drawn from two-object clips whose objects overlap in one of the layout's
+    blocks (where the data has such clips for that layout). Only 3% of the training blocks hold an
+    overlap, while a 60-block two-object video has many, and that is where long videos lose an
+    object (drawn merged, then the blob continued): both the shipped teacher and student."""
     context_noise: tuple[float, float] = (0.0, 0.0)
     """(share, max sigma): share of samples whose clean blocks (committed context, cache step) get
     noise up to max sigma while still labelled t = 0. At inference those blocks are the model's
@@ -84,6 +89,8 @@ class DiTTrainConfig:
             raise ValueError(f"first_prob must be in (0, 1), got {self.first_prob}")
         if self.two_object_share is not None and not 0.0 <= self.two_object_share <= 1.0:
             raise ValueError(f"two_object_share must be in [0, 1] or None, got {self.two_object_share}")
+        if not 0.0 <= self.overlap_share <= 1.0:
+            raise ValueError(f"overlap_share must be in [0, 1], got {self.overlap_share}")
         require_context_noise(self.context_noise)
         self.layout_sampler(16)  # validates the layout fields
 
@@ -107,6 +114,7 @@ class Batcher:
         text_dropout: float = 0.0,
         two_object_share: float | None = None,
         context_noise: tuple[float, float] = (0.0, 0.0),
+        overlap_share: float = 0.0,
     ) -> None:
         self.latents = data["latents"]  # fp16 [N, z, T, h, w]
         self.text = data["text"]  # fp16 [N, P, L, D]
@@ -122,20 +130,34 @@ class Batcher:
             self.one, self.two = np.flatnonzero(count == 1), np.flatnonzero(count == 2)
             if not len(self.one) or not len(self.two):
                 raise ValueError("two_object_share needs both one- and two-object clips in the data")
+        self.overlap_share = overlap_share
+        if overlap_share > 0:
+            self.overlap_blocks = block_overlaps(data, frames_per_block)  # [N, blocks]
+            if not self.overlap_blocks.any():
+                raise ValueError("overlap_share: no clip in the data has overlapping objects")
 
-    def sample_clips(self, rng: np.random.Generator, batch: int) -> np.ndarray:
-        """Clip indices [batch]: uniform, or two-object clips at ``two_object_share``."""
+    def sample_clips(self, rng: np.random.Generator, batch: int, blocks=None) -> np.ndarray:
+        """Clip indices [batch]: uniform, or two-object clips at ``two_object_share``; with
+        ``overlap_share`` and the layout's clip ``blocks`` given, that share comes from the clips
+        whose objects overlap in one of those blocks (where there are such clips)."""
         if self.two_object_share is None:
-            return rng.integers(0, self.text.shape[0], size=batch)
-        pick_two = rng.random(batch) < self.two_object_share
-        from_two = self.two[rng.integers(len(self.two), size=batch)]
-        from_one = self.one[rng.integers(len(self.one), size=batch)]
-        return np.where(pick_two, from_two, from_one)
+            out = rng.integers(0, self.text.shape[0], size=batch)
+        else:
+            pick_two = rng.random(batch) < self.two_object_share
+            from_two = self.two[rng.integers(len(self.two), size=batch)]
+            from_one = self.one[rng.integers(len(self.one), size=batch)]
+            out = np.where(pick_two, from_two, from_one)
+        if self.overlap_share > 0 and blocks is not None:
+            pool = np.flatnonzero(self.overlap_blocks[:, list(blocks)].any(1))
+            if len(pool):
+                hit = rng.random(batch) < self.overlap_share
+                out = np.where(hit, pool[rng.integers(len(pool), size=batch)], out)
+        return out
 
     def make(self, rng: np.random.Generator, layout, batch: int, clips: np.ndarray | None = None):
         """Tensors of one layout: random clips (or the given clip indices [batch])."""
         p = self.text.shape[1]
-        idx = torch.from_numpy(self.sample_clips(rng, batch) if clips is None else clips)
+        idx = torch.from_numpy(self.sample_clips(rng, batch, layout.clip_blocks) if clips is None else clips)
         cap = torch.from_numpy(rng.integers(0, p, size=batch))
         fpb = self.fpb
         frames = torch.cat([torch.arange(b * fpb, (b + 1) * fpb) for b in layout.clip_blocks])
@@ -192,6 +214,7 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
         text_dropout=cfg.text_dropout,
         two_object_share=cfg.two_object_share,
         context_noise=cfg.context_noise,
+        overlap_share=cfg.overlap_share,
     )
     sampler = cfg.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     bf16 = cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16

@@ -78,6 +78,13 @@ def object_overlaps(data: dict) -> np.ndarray:
     return out
 
 
+def block_overlaps(data: dict, frames_per_block: int) -> np.ndarray:
+    """bool [N, blocks]: blocks of each clip with an object overlap in one of their frames."""
+    frames = object_overlaps(data)
+    n, t = frames.shape
+    return frames[:, : t - t % frames_per_block].reshape(n, -1, frames_per_block).any(-1)
+
+
 def data_text_mode(data: dict) -> str:
     """The text mode a latent data file was encoded with (files from before text modes: sentence)."""
     return (data.get("config") or {}).get("text_mode", "sentence")

@@ -31,7 +31,7 @@ def add_train_parser(sub) -> None:
         "--dit-steps",
         type=int,
         default=None,
-        help="DiT steps (default 4500: the last phase, resumed from phase 4)",
+        help="DiT steps (default 1200: the last phase, resumed from phase 5)",
     )
     t.add_argument("--distill-steps", type=int, default=None)
     t.add_argument(
@@ -99,13 +99,14 @@ def add_train_parser(sub) -> None:
         "--overlap-share",
         type=float,
         default=None,
-        help="share of DiT samples from clips whose two objects overlap in the sample's blocks (default 0)",
+        help="share of DiT samples from clips whose two objects overlap in the sample's blocks "
+        "(default 0.35)",
     )
     t.add_argument(
         "--distill-overlap-share",
         type=float,
         default=None,
-        help="the same for distillation ticks (default 0)",
+        help="the same for distillation ticks (default 0.35)",
     )
     t.add_argument(
         "--bidirectional-prob",
@@ -135,7 +136,7 @@ def add_train_parser(sub) -> None:
         help="start a new DiT run from these weights (dit_ckpt.pt or .safetensors) instead of random",
     )
     t.add_argument(
-        "--dit-lr", type=float, default=None, help="peak learning rate of the DiT stage (default 3e-4)"
+        "--dit-lr", type=float, default=None, help="peak learning rate of the DiT stage (default 2e-4)"
     )
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
     t.add_argument(

@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistillConfig:
-    steps: int = 1500
+    steps: int = 600
+    """The shipped student (phase 8) re-fitted the phase-6 student (``init_from``:
+    runs/embedded/dit_distilled_ema.safetensors at git commit 448066d, itself 1,500 steps from
+    the phase-5 teacher) to the phase-8 teacher in 600 steps."""
     substeps: int = 4
     """Teacher Euler steps per schedule step (4 x 4 = a 16-step teacher)."""
     guidance: float = 3.0

@@ -28,18 +28,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DiTTrainConfig:
-    steps: int = 4500
-    """The shipped teacher took five phases (README, *The embedded model*), the first three on the
+    steps: int = 1200
+    """The shipped teacher took six phases (README, *The embedded model*), the first three on the
     earlier VAE: steps 0-3,700 of a 4,000-step schedule at first_prob 0.3, lr 1e-3; resumed to
     10,000 at 0.6; resumed to 14,000 with phase-3 layouts. The fourth moved it onto the current
     VAE's latents: 2,800 steps at lr 5e-4, two_object_share 0.6, context_probs (0.25, 0.15 x 5),
     no context noise, from the step-14,000 weights (``init_from``: runs/embedded/dit_ckpt.pt at git
-    commit f671fdc). The fifth, these defaults: 4,500 steps at lr 3e-4 from the phase-4 weights
-    (runs/embedded/dit_ckpt.pt at git commit e572c0c). From a random init these steps are far too
-    few: run the earlier phases first."""
+    commit f671fdc). The fifth: 4,500 steps at lr 3e-4 from the phase-4 weights
+    (runs/embedded/dit_ckpt.pt at git commit e572c0c). The last (phase 8), these defaults: 1,200
+    steps at lr 2e-4 with overlap_share 0.35 from the phase-5 weights (runs/embedded/dit_ckpt.pt
+    at git commit 448066d). From a random init these steps are far too few: run the earlier
+    phases first."""
     tokens_per_step: int = 5000
     """Batch size is chosen per layout so that each step has about this many tokens."""
-    lr: float = 3e-4
+    lr: float = 2e-4
     warmup: int = 100
     weight_decay: float = 0.01
     ema: float = 0.999
@@ -57,11 +59,12 @@ class DiTTrainConfig:
     step 10,000). Two objects are where the step-10,000 model failed: at level 0 one-object
     prompts scored colour / shape / motion 0.86 / 0.88 / 0.79, two-object prompts 0.55 / 0.45 /
     0.34 (64 eval prompts). 0.6 in phases 3-4."""
-    overlap_share: float = 0.0
+    overlap_share: float = 0.35
     """Share of samples drawn from two-object clips whose objects overlap in one of the layout's
     blocks (where the data has such clips for that layout). Only 3% of the training blocks hold an
     overlap, while a 60-block two-object video has many, and that is where long videos lose an
-    object (drawn merged, then the blob continued): both the shipped teacher and student."""
+    object (drawn merged, then the blob continued): the phase-5 teacher and phase-6 student did.
+    0 up to phase 7."""
     context_noise: tuple[float, float] = (0.0, 0.0)
     """(share, max sigma): share of samples whose clean blocks (committed context, cache step) get
     noise up to max sigma while still labelled t = 0. At inference those blocks are the model's

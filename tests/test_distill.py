@@ -85,11 +85,14 @@ def _tiny_run(run, n):
 
     cfg = model_preset("tiny")
     g = torch.Generator().manual_seed(0)
+    overlap = torch.zeros(n, 12, dtype=torch.bool)
+    overlap[1::2, 6:9] = True  # the two-object clips overlap in block 2
     torch.save(
         {
             "latents": torch.randn(n, cfg.in_dim, 12, 8, 8, generator=g).half(),
             "text": torch.randn(n, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
             "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(n)],
+            "overlap": overlap,
         },
         run / "latents.pt",
     )

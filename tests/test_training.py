@@ -96,10 +96,17 @@ def test_overlap_share_draws_clips_overlapping_in_the_layouts_blocks():
         np.random.default_rng(4), _any_layout(), 4
     )
     assert torch.equal(plain[0], again[0])  # share 0 needs no overlaps and draws as before
-    with pytest.raises(ValueError, match="overlap"):
-        Batcher({**data, "overlap": torch.zeros(10, 12, dtype=torch.bool)}, 16, overlap_share=0.5)
+    none = Batcher({**data, "overlap": torch.zeros(10, 12, dtype=torch.bool)}, 16, overlap_share=0.5)
+    assert len(set(none.sample_clips(rng, 200, [3]))) > 2  # no overlaps in the data: drawn as before
     with pytest.raises(ValueError, match="overlap_share"):
         DiTTrainConfig(overlap_share=1.5)
+
+
+def _overlaps_in_block_2(n, frames):
+    """bool [n, frames]: the two-object clips (odd indices, as in the fake data) overlap in block 2."""
+    out = torch.zeros(n, frames, dtype=torch.bool)
+    out[1::2, 6:9] = True
+    return out
 
 
 def _any_layout():
@@ -322,6 +329,7 @@ def test_dit_init_from_weights(tmp_path, monkeypatch):
             "latents": torch.randn(4, cfg.in_dim, 12, 8, 8, generator=g).half(),
             "text": torch.randn(4, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
             "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(4)],
+            "overlap": _overlaps_in_block_2(4, 12),
             "config": {"text_mode": "clauses"},
         },
         tmp_path / "latents.pt",

@@ -137,7 +137,7 @@ class Batcher:
         if overlap_share > 0:
             self.overlap_blocks = block_overlaps(data, frames_per_block)  # [N, blocks]
             if not self.overlap_blocks.any():
-                raise ValueError("overlap_share: no clip in the data has overlapping objects")
+                log.warning("overlap_share %s: no clip in the data has overlapping objects", overlap_share)
 
     def sample_clips(self, rng: np.random.Generator, batch: int, blocks=None) -> np.ndarray:
         """Clip indices [batch]: uniform, or two-object clips at ``two_object_share``; with

@@ -11,6 +11,7 @@ cascade ticks in the training mix.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +140,9 @@ class Batcher:
             if not self.overlap_blocks.any():
                 log.warning("overlap_share %s: no clip in the data has overlapping objects", overlap_share)
 
-    def sample_clips(self, rng: np.random.Generator, batch: int, blocks=None) -> np.ndarray:
+    def sample_clips(
+        self, rng: np.random.Generator, batch: int, blocks: Sequence[int] | None = None
+    ) -> np.ndarray:
         """Clip indices [batch]: uniform, or two-object clips at ``two_object_share``; with
         ``overlap_share`` and the layout's clip ``blocks`` given, that share comes from the clips
         whose objects overlap in one of those blocks (where there are such clips)."""

@@ -37,3 +37,17 @@ def make_bundle(
         trained=False,
         description="micro test model",
     )
+
+
+def tiny_latent_data(cfg: ModelConfig, n: int, frames: int = 12) -> dict:
+    """Random latent data in the layout `train data` writes: n clips of ``frames`` 8x8 latent
+    frames, one- and two-object clips alternating; the two-object ones overlap in block 2."""
+    g = torch.Generator().manual_seed(0)
+    overlap = torch.zeros(n, frames, dtype=torch.bool)
+    overlap[1::2, 6:9] = True
+    return {
+        "latents": torch.randn(n, cfg.in_dim, frames, 8, 8, generator=g).half(),
+        "text": torch.randn(n, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
+        "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(n)],
+        "overlap": overlap,
+    }

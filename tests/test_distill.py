@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from _micro import MICRO
+from _micro import MICRO, tiny_latent_data
 from vidcascade.models.wan_dit import CausalWanDiT, init_weights
 from vidcascade.training.distill import DistillConfig, _next_sigma, teacher_velocity
 from vidcascade.training.dit_train import Batcher
@@ -84,18 +84,7 @@ def _tiny_run(run, n):
     from vidcascade.config import model_preset
 
     cfg = model_preset("tiny")
-    g = torch.Generator().manual_seed(0)
-    overlap = torch.zeros(n, 12, dtype=torch.bool)
-    overlap[1::2, 6:9] = True  # the two-object clips overlap in block 2
-    torch.save(
-        {
-            "latents": torch.randn(n, cfg.in_dim, 12, 8, 8, generator=g).half(),
-            "text": torch.randn(n, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
-            "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(n)],
-            "overlap": overlap,
-        },
-        run / "latents.pt",
-    )
+    torch.save(tiny_latent_data(cfg, n), run / "latents.pt")
     save_file(init_weights(CausalWanDiT(cfg), 1).state_dict(), str(run / "dit_ema.safetensors"))
     return cfg
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from _micro import MICRO
+from _micro import MICRO, tiny_latent_data
 from vidcascade.models.wan_dit import CausalWanDiT, init_weights
 from vidcascade.training.dit_train import Batcher, dit_loss
 from vidcascade.training.layouts import LayoutSampler, layout_mask
@@ -100,13 +100,6 @@ def test_overlap_share_draws_clips_overlapping_in_the_layouts_blocks():
     assert len(set(none.sample_clips(rng, 200, [3]))) > 2  # no overlaps in the data: drawn as before
     with pytest.raises(ValueError, match="overlap_share"):
         DiTTrainConfig(overlap_share=1.5)
-
-
-def _overlaps_in_block_2(n, frames):
-    """bool [n, frames]: the two-object clips (odd indices, as in the fake data) overlap in block 2."""
-    out = torch.zeros(n, frames, dtype=torch.bool)
-    out[1::2, 6:9] = True
-    return out
 
 
 def _any_layout():
@@ -323,17 +316,7 @@ def test_dit_init_from_weights(tmp_path, monkeypatch):
         load_dit_weights(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError):
         load_dit_weights(tmp_path / "missing.pt")
-    g = torch.Generator().manual_seed(0)
-    torch.save(
-        {
-            "latents": torch.randn(4, cfg.in_dim, 12, 8, 8, generator=g).half(),
-            "text": torch.randn(4, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
-            "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(4)],
-            "overlap": _overlaps_in_block_2(4, 12),
-            "config": {"text_mode": "clauses"},
-        },
-        tmp_path / "latents.pt",
-    )
+    torch.save({**tiny_latent_data(cfg, 4), "config": {"text_mode": "clauses"}}, tmp_path / "latents.pt")
     tcfg = DiTTrainConfig(
         steps=1,
         lr=1e-12,

@@ -198,6 +198,7 @@ BASE = {"dit": "x.pt", "text_encoder": "hash", "height": 32, "width": 32, "fps":
         ({"sampling": {"stepz": [1]}}, r"sampling: unknown fields \['stepz'\]"),
         ({"sampling": {"shift": -1}}, "sampling: shift must be > 0"),
         ({"cache": {"window_frames": 0}}, "cache: window_frames must be a positive integer"),
+        ({"cache": {"sink_bias": -1}}, "cache: sink_bias must be a finite number >= 0, got -1"),
         ({"height": "480"}, "height: expected a positive integer"),
         ({"fps": None}, "fps: required"),
         ({"model": {"dimm": 3}}, r"model: unknown fields \['dimm'\]"),

@@ -88,6 +88,10 @@ def test_generate_with_switch_and_gif(tmp_path, capsys):
             "switch at block 7",
         ),
         (["plan", "--steps", "4", "--lag", "6", "--blocks", "2"], "lag must be in 1..5"),
+        (
+            ["generate", "x", "--sink-bias", "-1", "--model", "random-tiny", "--out", "v.npz"],
+            "--sink-bias: sink_bias must be a finite number >= 0, got -1.0",
+        ),
     ],
 )
 def test_bad_flags_exit_2_with_message(tmp_path, monkeypatch, capsys, argv, needle):

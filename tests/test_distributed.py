@@ -54,12 +54,17 @@ SCENARIOS = {
     # Classifier-free guidance doubles the batch inside the pool and the exchanges.
     "guided_joint_P4": (dict(level=4, attention="bidirectional"), ()),
     "guided_per_tick_recache_P4": (dict(level=4, freshness="per_tick", switch_mode="recache"), ((5, "red"),)),
+    # The sink bias turns the masks into additive float masks, also where all keys are visible.
+    "sink_bias_joint_bidir_P4": (dict(level=4, attention="bidirectional"), ((3, "a red ball"),)),
+    "sink_bias_per_tick_causal_P3": (dict(level=3, attention="causal", freshness="per_tick"), ()),
 }
 
 
 def _bundle_for(name: str):
     if name.startswith("guided"):
         return make_bundle(cache=CACHE, sampling=SamplingConfig(shift=5.0, frames_per_block=2, guidance=2.0))
+    if name.startswith("sink_bias"):
+        return make_bundle(cache=CacheConfig(sink_frames=2, window_frames=4, sink_bias=1.5))
     return make_bundle(cache=CACHE)
 
 

@@ -1,5 +1,7 @@
 """The executor and engine against plain reference loops written here."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -80,8 +82,9 @@ class _ListKV:
 
 
 @torch.no_grad()
-def cascade_reference(bundle, prompt, num_blocks, seed, lag, attention):
-    """Tick by tick with explicit token masks and lists; sink + window kept by frame lists."""
+def cascade_reference(bundle, prompt, num_blocks, seed, lag, attention, switch=None):
+    """Tick by tick with explicit token masks and lists; sink + window kept by frame lists.
+    ``switch`` = (block, prompt): no-recache prompt switch, after which the sink is not raised."""
     model, fpb = bundle.dit, bundle.sampling.frames_per_block
     sched = make_schedule(bundle.sampling)
     S = sched.num_steps
@@ -91,8 +94,11 @@ def cascade_reference(bundle, prompt, num_blocks, seed, lag, attention):
     text_kv = model.text_kv(bundle.text_encoder.encode([prompt]))
     frames_kv = {}  # committed frame -> per layer (k, v)
     gens, xs, result = {}, {}, {}
+    sink_bias = bundle.cache.sink_bias
     for tau in range((num_blocks - 1) * lag + S + 1):
         live = [b for b in range(num_blocks) if 0 <= tau - b * lag <= S]
+        if switch is not None and switch[0] in live and tau - switch[0] * lag == 0:
+            text_kv, sink_bias = model.text_kv(bundle.text_encoder.encode([switch[1]])), 0.0
         for b in live:
             if b not in gens:
                 gens[b] = torch.Generator().manual_seed(block_seed(seed, b))
@@ -108,6 +114,11 @@ def cascade_reference(bundle, prompt, num_blocks, seed, lag, attention):
             else torch.ones(len(qb), len(qb), dtype=bool)
         )
         mask = torch.cat([m_in, torch.ones(len(qb), len(visible) * tpf, dtype=bool)], 1)
+        n_sink = sum(f < sink for f in visible)
+        if sink_bias and len(visible) > n_sink:  # the sink's logits raised once the window holds frames
+            bias = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+            bias[:, len(qb) : len(qb) + n_sink * tpf] += sink_bias
+            mask = bias
 
         kv = _ListKV([frames_kv[f] for f in visible], mask)
         x = torch.cat([xs[b] for b in live], 2)
@@ -147,6 +158,28 @@ def test_cascade_equals_reference_loop_with_rolling_window(attention, lag, sampl
     eng = Engine(bundle, CascadeConfig(lag=lag, attention=attention))
     got = eng.generate("a cyan box", 7, seed=5).latents
     ref = cascade_reference(bundle, "a cyan box", 7, 5, lag, attention)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention,lag", [("causal", 1), ("bidirectional", 1), ("causal", 3)])
+def test_sink_bias_cascade_equals_reference_loop(attention, lag):
+    cache = CacheConfig(sink_frames=2, window_frames=4, sink_bias=1.5)
+    bundle = make_bundle(sampling=SamplingConfig(shift=3.0, frames_per_block=2, sampler="euler"), cache=cache)
+    eng = Engine(bundle, CascadeConfig(lag=lag, attention=attention))
+    got = eng.generate("a cyan box", 7, seed=5).latents
+    ref = cascade_reference(bundle, "a cyan box", 7, 5, lag, attention)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # The bias is real: blocks 0-1 (sink only) are unchanged, later ones are not.
+    plain = Engine(
+        replace(bundle, cache=replace(cache, sink_bias=0.0)), CascadeConfig(lag=lag, attention=attention)
+    )
+    base = plain.generate("a cyan box", 7, seed=5).latents
+    fpb = bundle.sampling.frames_per_block
+    torch.testing.assert_close(got[:, :, : 2 * fpb], base[:, :, : 2 * fpb], rtol=1e-5, atol=1e-5)
+    assert (got[:, :, 2 * fpb :] - base[:, :, 2 * fpb :]).abs().max() > 1e-3
+    # After a prompt switch the sink shows the old prompt and is not raised any more.
+    got = eng.generate("a cyan box", 7, seed=5, switches=[(4, "a red ball")]).latents
+    ref = cascade_reference(bundle, "a cyan box", 7, 5, lag, attention, switch=(4, "a red ball"))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 

@@ -46,6 +46,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="classifier-free guidance scale, 1 = off (default: the model's own setting)",
     )
     p.add_argument(
+        "--sink-bias",
+        type=float,
+        default=None,
+        help="added to the attention logits of the K/V sink once the window holds frames, 0 = off "
+        "(default: the model's own setting)",
+    )
+    p.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "bfloat16", "float16"],
@@ -166,6 +173,15 @@ def _load(args):
         import dataclasses
 
         bundle.sampling = dataclasses.replace(bundle.sampling, guidance=args.guidance)
+    if args.sink_bias is not None:
+        import dataclasses
+
+        from .config import ConfigError
+
+        try:
+            bundle.cache = dataclasses.replace(bundle.cache, sink_bias=args.sink_bias)
+        except ConfigError as e:
+            raise CliError(f"--sink-bias: {e}") from None
     if args.compile:
         from .models.loading import compile_dit
 

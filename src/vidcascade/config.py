@@ -193,6 +193,11 @@ class CacheConfig:
     """First latent frames kept for the whole video."""
     window_frames: int = 12
     """Most recent committed latent frames kept besides the sink."""
+    sink_bias: float = 0.0
+    """Added to the attention logits of the sink's keys once the window holds frames (0 = plain
+    attention). Above 0 every block looks back at the video's first block more than at the recent
+    ones, which keeps long videos of a small model on prompt; the model's default comes from its
+    bundle."""
 
     def __post_init__(self) -> None:
         _check(
@@ -200,6 +205,13 @@ class CacheConfig:
             f"sink_frames must be an integer >= 0, got {self.sink_frames!r}",
         )
         _positive_int("window_frames", self.window_frames)
+        _check(
+            isinstance(self.sink_bias, (int, float))
+            and not isinstance(self.sink_bias, bool)
+            and math.isfinite(self.sink_bias)
+            and self.sink_bias >= 0,
+            f"sink_bias must be a finite number >= 0, got {self.sink_bias!r}",
+        )
 
     @property
     def committed_frames(self) -> int:

@@ -10,6 +10,9 @@ M holds the most blocks that can be in flight; the in-flight blocks are written 
 against the committed tier, so the keys of a tick, in-flight + valid committed, are one
 contiguous slice and no concatenation happens per layer. In-flight K/V is rewritten by every tick;
 the cache step promotes a block's clean K/V into its committed slots.
+
+With ``sink_bias`` > 0 the masks become additive float masks that raise the sink keys' logits by
+that much once the window holds frames (``CacheConfig.sink_bias``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..models.masks import inflight_mask
+from ..models.masks import inflight_mask, key_bias_mask
 from .layout import CacheIndexError, CommittedLayout
 
 
@@ -35,6 +38,7 @@ class KVPool:
         max_inflight_blocks: int,
         sink_frames: int,
         window_frames: int,
+        sink_bias: float = 0.0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -43,12 +47,16 @@ class KVPool:
         self.tokens_per_block = tokens_per_frame * frames_per_block
         self.max_inflight_blocks = max_inflight_blocks
         self.layout = CommittedLayout(sink_frames, window_frames)
+        self.sink_bias = float(sink_bias)
+        self.sink_on_prompt = True
+        """False after a prompt switch: the sink shows the old prompt, so it is not raised any more."""
         self.inflight_tokens = max_inflight_blocks * self.tokens_per_block  # M
         self.committed_tokens = self.layout.capacity * tokens_per_frame  # C
         shape = (batch, num_heads, self.inflight_tokens + self.committed_tokens, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self._masks: dict[tuple[int, int, bool], torch.Tensor | None] = {}
+        self._masks: dict[tuple[int, int, bool, int], torch.Tensor | None] = {}
+        self.mask_dtype = dtype
 
     @property
     def device(self) -> torch.device:
@@ -63,13 +71,37 @@ class KVPool:
     def reset(self) -> None:
         """Start a new video: forget committed frames (tensors are overwritten, not zeroed)."""
         self.layout.reset()
+        self.sink_on_prompt = True
+
+    def sink_bias_tokens(self, committed_tokens: int | None = None) -> int:
+        """Committed tokens whose logits ``sink_bias`` raises with ``committed_tokens`` valid (default:
+        now): the sink's, once frames follow it in the window (while the sink is all there is,
+        raising it changes nothing that matters) and until a prompt switch."""
+        ct = self.valid_committed_tokens() if committed_tokens is None else committed_tokens
+        sink = self.layout.sink_frames * self.tokens_per_frame
+        return sink if self.sink_bias != 0.0 and self.sink_on_prompt and ct > sink else 0
+
+    def with_sink_bias(
+        self, mask: torch.Tensor | None, n_query: int, n_keys: int, committed_tokens: int | None = None
+    ) -> torch.Tensor | None:
+        """``mask`` [n_query, n_keys] (None = all visible; the keys end with ``committed_tokens``
+        valid committed ones, default: now) with the sink bias applied, or unchanged when none
+        applies."""
+        ct = self.valid_committed_tokens() if committed_tokens is None else committed_tokens
+        sink = self.sink_bias_tokens(ct)
+        if not sink:
+            return mask
+        if mask is None:
+            mask = torch.ones(n_query, n_keys, dtype=torch.bool, device=self.device)
+        start = n_keys - ct  # the committed tier starts with the sink
+        return key_bias_mask(mask, start, start + sink, self.sink_bias, self.mask_dtype)
 
     def _mask(self, n_inflight: int, causal: bool) -> torch.Tensor | None:
-        key = (n_inflight, self.valid_committed_tokens(), causal)
+        key = (n_inflight, self.valid_committed_tokens(), causal, self.sink_bias_tokens())
         if key not in self._masks:
-            self._masks[key] = inflight_mask(
-                n_inflight, self.tokens_per_block, key[1], causal, device=self.device
-            )
+            n = n_inflight * self.tokens_per_block
+            mask = inflight_mask(n_inflight, self.tokens_per_block, key[1], causal, device=self.device)
+            self._masks[key] = self.with_sink_bias(mask, n, n + key[1])
         return self._masks[key]
 
     def tick_view(self, n_inflight: int, causal: bool) -> TickKV:

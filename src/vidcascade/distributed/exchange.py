@@ -46,14 +46,17 @@ class _ViewBase:
         self.tpb = pool.tokens_per_block
         self._masks: dict[tuple, torch.Tensor | None] = {}
 
-    def _cached_mask(self, key: tuple, all_true: bool, build) -> torch.Tensor | None:
-        """The mask of ``key``; None when every key is visible (SDPA's fast path, same result)."""
-        if all_true:
+    def _cached_mask(self, key: tuple, all_true: bool, build, shape: tuple[int, int]) -> torch.Tensor | None:
+        """The mask of ``key`` [shape]; None when every key is visible (SDPA's fast path, same
+        result) and no sink bias applies. ``key`` must hold the valid committed token count."""
+        sink = self.pool.sink_bias_tokens()
+        if all_true and not sink:
             return None
+        key = (*key, sink)
         if key not in self._masks:
             if len(self._masks) > 64:
                 self._masks.clear()
-            self._masks[key] = build()
+            self._masks[key] = self.pool.with_sink_bias(None if all_true else build(), *shape)
         return self._masks[key]
 
 
@@ -77,7 +80,8 @@ class JointExchange(_ViewBase):
         ct = self.pool.valid_committed_tokens()
         # Causal: the row of tick position i sees positions <= i, so only the newest sees them all.
         all_true = not self.causal or all(i == n - 1 for i in rows)
-        mask = self._cached_mask((rows, n, ct), all_true, lambda: self._build_mask(rows, n, ct))
+        shape = (len(rows) * self.tpb, n * self.tpb + ct)
+        mask = self._cached_mask((rows, n, ct), all_true, lambda: self._build_mask(rows, n, ct), shape)
         return JointKV(self, tick, len(local), mask)
 
     def _build_mask(self, rows: tuple[int, ...], n: int, committed_tokens: int) -> torch.Tensor:
@@ -239,7 +243,8 @@ class PerTickExchange(_ViewBase):
                 )
         ct = self.pool.valid_committed_tokens()
         all_true = all(all(row) for row in pattern)
-        mask = self._cached_mask((pattern, ct), all_true, lambda: self._build_mask(pattern, ct))
+        shape = (len(pattern) * self.tpb, len(cols) * self.tpb + ct)
+        mask = self._cached_mask((pattern, ct), all_true, lambda: self._build_mask(pattern, ct), shape)
         return PerTickKV(self, base, l_, mask)
 
     def _build_mask(self, pattern: tuple[tuple[bool, ...], ...], committed_tokens: int) -> torch.Tensor:

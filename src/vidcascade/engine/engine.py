@@ -120,6 +120,7 @@ class Engine:
             max_inflight_blocks=self._inflight_capacity(),
             sink_frames=bundle.cache.sink_frames,
             window_frames=bundle.cache.window_frames,
+            sink_bias=bundle.cache.sink_bias,
             dtype=dtype,
             device=bundle.device,
         )
@@ -209,6 +210,8 @@ class Engine:
                 if e.stage == 0 and e.block in by_block:
                     current = by_block[e.block]
                     text_kv = self.text_kv(current)
+                    if e.block > 0:  # the sink shows the old prompt: stop raising it
+                        self.pool.sink_on_prompt = False
                     if self.cascade.switch_mode == "recache":
                         r0 = time.perf_counter()
                         ex.recache(text_kv)

@@ -21,7 +21,7 @@ Fields (all optional but ``dit`` and ``text_encoder``, which ``wan`` can supply)
     text_encoder          a umT5 folder (UMT5TextEncoder.from_folder), "minilm" or "hash"
     text_encoder_device   e.g. "cpu" to keep umT5-XXL (11 GB in bf16) off the GPU
     sampling              SamplingConfig fields: steps, warp, shift, frames_per_block, context_noise, sampler
-    cache                 CacheConfig fields: sink_frames, window_frames
+    cache                 CacheConfig fields: sink_frames, window_frames, sink_bias
     height, width, fps    output pixels (latent = pixels / the VAE's spatial stride) and playback rate
     model                 ModelConfig overrides (e.g. num_heads when neither config nor dim/128 gives it)
 """

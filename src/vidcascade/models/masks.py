@@ -36,3 +36,11 @@ def inflight_mask(
     inflight = blk[None, :] <= blk[:, None]  # [Nq, Nq]
     committed = torch.ones(blk.numel(), committed_tokens, dtype=torch.bool, device=device)
     return torch.cat([inflight, committed], dim=1)  # [Nq, Nq + Nc]
+
+
+def key_bias_mask(mask: torch.Tensor, start: int, stop: int, bias: float, dtype: torch.dtype) -> torch.Tensor:
+    """Additive float mask from a boolean one [Nq, Nk]: -inf where False, 0 elsewhere, and ``bias``
+    added to key columns ``start:stop`` (SDPA adds a float mask to the attention logits)."""
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    out[:, start:stop] += bias
+    return out  # [Nq, Nk]

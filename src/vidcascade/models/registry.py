@@ -21,6 +21,10 @@ TINY_SAMPLING = SamplingConfig(
     steps=(1000, 750, 500, 250), warp=True, shift=3.0, frames_per_block=3, sampler="euler"
 )
 TINY_CACHE = CacheConfig(sink_frames=3, window_frames=12)
+# The trained embedded model raises the sink's attention logits by 2 once the window holds frames:
+# on the 17 two-object validation videos of 60 blocks the objects counted right in the last quarter
+# went from 0.588 to 0.882, the same as in the first quarter (README, "Long videos").
+EMBEDDED_CACHE = CacheConfig(sink_frames=3, window_frames=12, sink_bias=2.0)
 
 
 def random_tiny(device: torch.device | str = "cpu", seed: int = 0) -> Bundle:

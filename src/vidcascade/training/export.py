@@ -12,7 +12,7 @@ import torch
 
 from ..config import model_preset
 from ..models.embedded import ASSETS
-from ..models.registry import TINY_CACHE, TINY_SAMPLING
+from ..models.registry import EMBEDDED_CACHE, TINY_SAMPLING
 from .common import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = Non
     meta = {
         "model": dataclasses.asdict(model_preset("tiny")),
         "sampling": dataclasses.asdict(dataclasses.replace(TINY_SAMPLING, guidance=guidance)),
-        "cache": dataclasses.asdict(TINY_CACHE),
+        "cache": dataclasses.asdict(EMBEDDED_CACHE),
         # The text mode of the data the DiT last trained on (exports before text modes: sentence).
         "text": {"encoder": "minilm", "mode": meta_in.get("text_mode", "sentence")},
         "latent_hw": [8, 8],

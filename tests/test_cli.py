@@ -133,12 +133,13 @@ def test_module_entry_point(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("guidance", ["1", "2"])
-def test_bench_json_rows(tmp_path, guidance):
-    """One row per level with the issue's fields; under guidance the bare forward uses the doubled batch."""
+@pytest.mark.parametrize("guidance, sink_bias", [("1", "0"), ("2", "0"), ("1", "2")])
+def test_bench_json_rows(tmp_path, guidance, sink_bias):
+    """One row per level with the issue's fields; under guidance the bare forward uses the doubled
+    batch, under a sink bias (block 2 of 3 sees it) the additive mask."""
     out = tmp_path / "b.json"
     argv = ["bench", "--model", "random-tiny", "--blocks", "3", "--levels", "0,4", "--repeats", "1"]
-    assert main([*argv, "--guidance", guidance, "--json", str(out)]) == 0
+    assert main([*argv, "--guidance", guidance, "--sink-bias", sink_bias, "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["levels"]
     assert [r["level"] for r in rows] == [0, 4]
     for r in rows:

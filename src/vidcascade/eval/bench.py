@@ -85,7 +85,10 @@ def bare_forward_seconds(engine: Engine, n_inflight: int, committed_tokens: int,
         from ..models.masks import inflight_mask
 
         mask = inflight_mask(n_inflight, engine.pool.tokens_per_block, committed_tokens, True, dev)
-    # With a sink bias the engine attends through an additive mask once the window holds frames.
+    # With a sink bias the engine attends through an additive mask once the window holds frames;
+    # the pool is reset first, since a run with a prompt switch leaves the bias off (the next
+    # stream resets it anyway).
+    engine.pool.reset()
     mask = engine.pool.with_sink_bias(mask, nk - committed_tokens, nk, committed_tokens)
     kv = _BareKV(keys, mask)
     times = []

@@ -56,7 +56,6 @@ class KVPool:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self._masks: dict[tuple[int, int, bool, int], torch.Tensor | None] = {}
-        self.mask_dtype = dtype
 
     @property
     def device(self) -> torch.device:
@@ -94,7 +93,7 @@ class KVPool:
         if mask is None:
             mask = torch.ones(n_query, n_keys, dtype=torch.bool, device=self.device)
         start = n_keys - ct  # the committed tier starts with the sink
-        return key_bias_mask(mask, start, start + sink, self.sink_bias, self.mask_dtype)
+        return key_bias_mask(mask, start, start + sink, self.sink_bias, self.k[0].dtype)
 
     def _mask(self, n_inflight: int, causal: bool) -> torch.Tensor | None:
         key = (n_inflight, self.valid_committed_tokens(), causal, self.sink_bias_tokens())

@@ -119,8 +119,6 @@ class SelfAttention(_Projections):
         v = v.transpose(1, 2)  # [B, H, N, Dh]
         if kv is not None:
             k, v, attn_mask = kv.update(layer, k, v)  # [B, H, Nk, Dh]
-        if attn_mask is not None and attn_mask.is_floating_point() and attn_mask.dtype != q.dtype:
-            attn_mask = attn_mask.to(q.dtype)  # an additive (sink-bias) mask must match q for SDPA
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
         return self.o(out.transpose(1, 2).reshape(b, n, d))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from vidcascade.config import CacheConfig, ModelConfig, SamplingConfig
-from vidcascade.models.bundle import Bundle
-from vidcascade.models.hash_text import HashTextEncoder
 from vidcascade.models.preview_decoder import PreviewDecoder
 from vidcascade.models.wan_dit import CausalWanDiT, init_weights
+from vidcascade.text.hashing import HashTextEncoder
+from vidcascade.weights.bundle import Bundle
 
 MICRO = ModelConfig(
     dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, text_len=8

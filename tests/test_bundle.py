@@ -16,13 +16,13 @@ from _real_formats import TINY_WAN, random_state, tiny_umt5
 from vidcascade.cli import main
 from vidcascade.config import MODEL_PRESETS, CacheConfig, SamplingConfig
 from vidcascade.inspect_cmd import inspect_path, kv_report
-from vidcascade.models import dit_save
-from vidcascade.models.bundle_folder import BUNDLE_PRESETS, ManifestError, load_bundle_folder, parse_manifest
 from vidcascade.models.preview_decoder import PreviewDecoder
-from vidcascade.models.registry import load_bundle
-from vidcascade.models.vae_keys import save_wan_vae
 from vidcascade.models.wan_vae import WAN_VAE_PRESETS, WanVAE
 from vidcascade.scheduling.timesteps import make_schedule
+from vidcascade.weights import dit_save
+from vidcascade.weights.bundle_folder import BUNDLE_PRESETS, ManifestError, load_bundle_folder, parse_manifest
+from vidcascade.weights.registry import load_bundle
+from vidcascade.weights.vae_keys import save_wan_vae
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None, reason="needs vidcascade[wan]"
@@ -43,7 +43,7 @@ MANIFEST = {
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Wan2.1 original folder (base DiT, VAE .pth, umT5 .pth + tokenizer), a Self-Forcing .pt and
     a bundle folder whose manifest names them, all tiny and random."""
-    from vidcascade.models.text_umt5 import WAN_T5_FILE, WAN_T5_TOKENIZER_SUBDIR, hf_to_wan_t5
+    from vidcascade.text.umt5 import WAN_T5_FILE, WAN_T5_TOKENIZER_SUBDIR, hf_to_wan_t5
 
     root = tmp_path_factory.mktemp("real")
     wan = root / "Wan2.1-T2V-1.3B"

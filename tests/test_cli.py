@@ -176,7 +176,7 @@ def test_train_all_on_the_committed_run_only_exports(tmp_path):
 
     from safetensors.torch import load_file
 
-    from vidcascade.models.embedded import ASSETS
+    from vidcascade.weights.embedded import ASSETS
 
     run = Path(__file__).resolve().parents[1] / "runs" / "embedded"
     if not (run / "dit_ckpt.pt").exists():

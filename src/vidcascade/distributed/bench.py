@@ -22,7 +22,7 @@ import torch
 
 from ..config import CascadeConfig, ConfigError
 from ..eval.metrics import boundary_jump, psnr, ssim
-from ..models.bundle import Bundle
+from ..weights.bundle import Bundle
 from .comm import Comm
 from .engine import DistEngine
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 
 from ..config import CascadeConfig
 from ..engine.engine import BlockOutput, Engine, PromptSwitch, Video
-from ..models.bundle import Bundle
 from ..scheduling.plan import Plan, build_plan, steady_in_flight
+from ..weights.bundle import Bundle
 from .checks import check_ranks_agree, fingerprint, weights_checksum
 from .comm import Comm
 from .executor import DistExecutor

@@ -40,14 +40,14 @@ def _rank_logging(comm: Comm, verbose: bool) -> None:
 
 
 def _load(args, comm: Comm):
-    from ..models.registry import load_bundle
+    from ..weights.registry import load_bundle
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     bundle = load_bundle(args.model, device=comm.device, dtype=dtype)
     if not bundle.trained and comm.is_root:
         log.warning("model %s: %s", bundle.name, bundle.description)
     if args.compile:
-        from ..models.loading import compile_dit
+        from ..weights.loading import compile_dit
 
         compile_dit(bundle.dit)  # the K/V exchange inside the forward runs eager (graph breaks)
     return bundle

@@ -16,9 +16,9 @@ import torch
 
 from ..cache.pool import KVPool
 from ..config import CascadeConfig
-from ..models.bundle import Bundle
 from ..scheduling.plan import Plan, build_plan, steady_in_flight
 from ..scheduling.timesteps import make_schedule
+from ..weights.bundle import Bundle
 from .executor import Counters, Executor
 
 log = logging.getLogger(__name__)

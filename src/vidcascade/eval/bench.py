@@ -24,7 +24,7 @@ import torch
 
 from ..config import CascadeConfig
 from ..engine.engine import Engine, RunStats
-from ..models.bundle import Bundle
+from ..weights.bundle import Bundle
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import CascadeConfig
 from ..engine.engine import Engine
-from ..models.bundle import Bundle
+from ..weights.bundle import Bundle
 from ..world import ObjectAttrs, caption, parse_caption, sample_attrs
 from .detectors import aggregate_matches, detect_objects, match_attributes
 from .metrics import boundary_jump, centroid_jerk, psnr, ssim

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..config import CascadeConfig
 from ..engine.engine import Engine
-from ..models.bundle import Bundle
+from ..weights.bundle import Bundle
 from .detectors import detect_objects
 
 SWITCHES = [

@@ -1,0 +1,1 @@
+"""The networks as pure nn.Modules: the Wan DiT, RoPE, attention masks, the Wan VAE, streaming decode."""

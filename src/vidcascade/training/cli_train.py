@@ -192,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..models.embedded import embedded_text_encoder
+    from ..weights.embedded import embedded_text_encoder
     from .distill import DistillConfig, distill
     from .dit_train import DiTTrainConfig, train_dit
     from .latent_data import DataConfig, build_latent_data, reencode_text
@@ -271,7 +271,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         data_path, embedded_text_encoder(dcfg.text_mode), dcfg.text_mode, only_if_changed=True
                     )
                 continue
-            from ..models.vae_keys import load_wan_vae
+            from ..weights.vae_keys import load_wan_vae
 
             vae = load_wan_vae(run / "vae.safetensors", dtype=torch.float32)
             build_latent_data(vae, embedded_text_encoder(dcfg.text_mode), data_path, dcfg)

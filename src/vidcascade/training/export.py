@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from ..config import model_preset
-from ..models.embedded import ASSETS
-from ..models.registry import EMBEDDED_CACHE, TINY_SAMPLING
+from ..weights.embedded import ASSETS
+from ..weights.registry import EMBEDDED_CACHE, TINY_SAMPLING
 from .common import load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.embedded import check_text_mode
 from ..models.wan_vae import WanVAE
 from ..models.wan_vae_blocks import CausalState
+from ..weights.embedded import check_text_mode
 from ..world import caption, render, sample_spec
 from ..world.generate import box_overlaps
 from .common import to_video_tensor

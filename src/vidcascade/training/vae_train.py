@@ -189,7 +189,7 @@ def _run_phase(
 
 def train_vae(out_dir: Path, cfg: VAETrainConfig, minutes: float | None = None) -> Path:
     """Train (or resume) into out_dir/vae_ckpt.pt; returns the path of the finished VAE safetensors."""
-    from ..models.vae_keys import save_wan_vae
+    from ..weights.vae_keys import save_wan_vae
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -269,7 +269,7 @@ def decoder_step(vae: WanVAE, x: torch.Tensor, cfg: DecoderTuneConfig, burn_in: 
 def finetune_decoder(out_dir: Path, cfg: DecoderTuneConfig, minutes: float | None = None) -> Path:
     """Fine-tune the decoder of out_dir/vae.safetensors (resumable: out_dir/vae_dec_ckpt.pt); rewrites
     vae.safetensors with the same encoder and latent statistics."""
-    from ..models.vae_keys import load_wan_vae, save_wan_vae
+    from ..weights.vae_keys import load_wan_vae, save_wan_vae
 
     path = out_dir / "vae.safetensors"
     if not path.exists():

@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from .text_encoder import TextEncoder
+from .encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Write DiT weights in the formats :mod:`vidcascade.models.loading` reads.
+"""Write DiT weights in the formats :mod:`vidcascade.weights.loading` reads.
 
 Used to convert between formats and, in the tests, to write the same random weights in every
 format. Input is a state dict in original Wan names (``CausalWanDiT.state_dict()``).

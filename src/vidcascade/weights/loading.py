@@ -34,6 +34,8 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, ModelConfig
+from ..models.rope import RopeTables
+from ..models.wan_dit import CausalWanDiT
 from .checkpoint_io import (
     CheckpointError,
     TensorRef,
@@ -45,8 +47,6 @@ from .checkpoint_io import (
     shard_files,
 )
 from .dit_keys import diffusers_to_wan_key, is_diffusers_dit_state
-from .rope import RopeTables
-from .wan_dit import CausalWanDiT
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from vidcascade.models.text_encoder import zero_rows_past_length
+from vidcascade.text.encoder import zero_rows_past_length
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import CacheConfig, SamplingConfig
-from .wan_dit import CausalWanDiT
+from ..models.wan_dit import CausalWanDiT
 
 
 class TextEncoderLike(Protocol):

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from ..config import CacheConfig, SamplingConfig, model_preset
+from ..models.preview_decoder import PreviewDecoder
+from ..models.wan_dit import CausalWanDiT, init_weights
+from ..text.hashing import HashTextEncoder
 from .bundle import Bundle
-from .hash_text import HashTextEncoder
-from .preview_decoder import PreviewDecoder
-from .wan_dit import CausalWanDiT, init_weights
 
 log = logging.getLogger(__name__)
 

@@ -263,15 +263,15 @@ def latent_size(m: Manifest, spatial_stride: int, cfg: ModelConfig) -> tuple[int
 def _text_encoder(m: Manifest, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None) -> Any:
     te_device = torch.device(m.text_encoder_device) if m.text_encoder_device else device
     if m.text_encoder == "hash":
-        from .hash_text import HashTextEncoder
+        from ..text.hashing import HashTextEncoder
 
         enc = HashTextEncoder(cfg.text_dim, cfg.text_len, te_device)
     elif m.text_encoder == "minilm":
-        from .text_minilm import MiniLMTextEncoder
+        from ..text.minilm import MiniLMTextEncoder
 
         enc = MiniLMTextEncoder.from_package(text_len=cfg.text_len, device=te_device)
     else:
-        from .text_umt5 import UMT5TextEncoder
+        from ..text.umt5 import UMT5TextEncoder
 
         reduced = dtype if dtype in (torch.bfloat16, torch.float16) and te_device.type == "cuda" else None
         enc = UMT5TextEncoder.from_folder(
@@ -289,10 +289,10 @@ def load_bundle_folder(
 ) -> Bundle:
     """Load every part a manifest names; raises ManifestError / CheckpointError / VAECheckpointError
     (all ValueErrors) or FileNotFoundError naming the bad part."""
+    from ..models.preview_decoder import PreviewDecoder
+    from ..models.vae_stream import VAEFrameDecoder
     from .loading import load_model
-    from .preview_decoder import PreviewDecoder
     from .vae_keys import load_wan_vae
-    from .vae_stream import VAEFrameDecoder
 
     m = load_manifest(path)
     if problems := missing_files(m):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vidcascade.models.text_encoder import zero_rows_past_length
+from vidcascade.text.encoder import zero_rows_past_length
 
 logger = logging.getLogger(__name__)
 

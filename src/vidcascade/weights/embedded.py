@@ -33,8 +33,8 @@ def check_text_mode(mode: str) -> str:
 
 def embedded_text_encoder(mode: str, text_len: int = 32, device: torch.device | str = "cpu"):
     """The MiniLM prompt encoder of the embedded model in the given text mode."""
-    from .text_clauses import ClauseTextEncoder
-    from .text_minilm import MiniLMTextEncoder
+    from ..text.clauses import ClauseTextEncoder
+    from ..text.minilm import MiniLMTextEncoder
 
     check_text_mode(mode)
     encoder = MiniLMTextEncoder.from_package(text_len=text_len, device=device)
@@ -52,9 +52,9 @@ def _tuplify(d: dict) -> dict:
 def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> Bundle:
     from safetensors.torch import load_file
 
+    from ..models.vae_stream import VAEFrameDecoder
+    from ..models.wan_dit import CausalWanDiT
     from .vae_keys import load_wan_vae
-    from .vae_stream import VAEFrameDecoder
-    from .wan_dit import CausalWanDiT
 
     if not embedded_available(folder):
         raise FileNotFoundError(f"the embedded model's files are missing from {folder}")

@@ -1,0 +1,1 @@
+"""Text encoding: the encoder interface, MiniLM (embedded model), umT5 (Wan), caption clauses, hashing."""

@@ -171,3 +171,15 @@ def shard_files(folder: Path) -> list[Path]:
         f"no *.safetensors.index.json and {'several' if candidates else 'no'} *.safetensors files "
         f"(contents: {listing})"
     )
+
+
+# Fragments that FSDP, torch.compile and DDP insert into parameter names.
+WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_orig_mod", "module", "_checkpoint_wrapped_module"})
+
+
+def strip_wrappers(key: str, leading: frozenset[str] = frozenset({"model"})) -> str:
+    """Drop FSDP/compile/DDP fragments anywhere and wrapper names (``model.``) at the front."""
+    parts = [p for p in key.split(".") if p not in WRAPPER_PARTS]
+    while len(parts) > 1 and parts[0] in leading:
+        parts = parts[1:]
+    return ".".join(parts)

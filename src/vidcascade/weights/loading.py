@@ -45,8 +45,10 @@ from .checkpoint_io import (
     refs_from_tensors,
     select_state_dict,
     shard_files,
+    strip_wrappers,
 )
 from .dit_keys import diffusers_to_wan_key, is_diffusers_dit_state
+from .lora import read_lora
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,6 @@ __all__ = [
 
 FORMATS = ("diffusers-folder", "wan-folder", "training-pt", "safetensors-file")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_orig_mod", "module", "_checkpoint_wrapped_module"})
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -149,14 +150,6 @@ def config_from_json(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 # ----- key names --------------------------------------------------------------------------------------
-
-
-def strip_wrappers(key: str, leading: frozenset[str] = frozenset({"model"})) -> str:
-    """Drop FSDP/compile/DDP fragments anywhere and wrapper names (``model.``) at the front."""
-    parts = [p for p in key.split(".") if p not in WRAPPER_PARTS]
-    while len(parts) > 1 and parts[0] in leading:
-        parts = parts[1:]
-    return ".".join(parts)
 
 
 def normalize_keys(refs: Mapping[str, TensorRef], notes: list[str]) -> dict[str, TensorRef]:
@@ -401,8 +394,6 @@ def build_model(
     lora_alpha: float | None = None,
 ) -> CausalWanDiT:
     """Infer the geometry, validate every key and shape (and the LoRA), then materialise the DiT."""
-    from .lora import read_lora  # lora.py builds on this module
-
     cfg = infer_config(ckpt, overrides)
     validate(ckpt, cfg)
     deltas = read_lora(lora, expected_shapes(cfg), lora_alpha) if lora is not None else {}

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_io import CheckpointError, preview, read_torch_file
-from .loading import strip_wrappers
+from .checkpoint_io import CheckpointError, preview, read_torch_file, strip_wrappers
 
 LORA_TOP_KEY = "generator_lora"
 _LORA_KEY = re.compile(r"^(?P<target>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")

@@ -58,9 +58,7 @@ def test_readme_has_blocks_and_every_skip_has_a_reason():
         assert reason is None or reason, f"README line {line}: a readme-check skip needs a reason"
 
 
-@pytest.mark.parametrize(
-    "lang,code,reason,line", BLOCKS, ids=[f"line{b[3]}" for b in BLOCKS]
-)
+@pytest.mark.parametrize("lang,code,reason,line", BLOCKS, ids=[f"line{b[3]}" for b in BLOCKS])
 def test_readme_block_runs(lang, code, reason, line, tmp_path):
     if reason:
         pytest.skip(f"README line {line}: {reason}")
@@ -75,4 +73,5 @@ def test_readme_block_runs(lang, code, reason, line, tmp_path):
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         cmd = ["bash", "-euo", "pipefail", "-c", script]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"README line {line} failed:\n{code}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    where = f"README line {line} failed:\n{code}"
+    assert r.returncode == 0, f"{where}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"

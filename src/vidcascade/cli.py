@@ -1,7 +1,7 @@
 """Command line: parse, build config, call one function. Results go to stdout, diagnostics to the log.
 
 Errors are one line on stderr with the exit statuses of ``errors.py``; ``--debug`` (or ``-v``) adds
-the traceback.
+the traceback. A value that starts with '-' is attached to its flag before parsing.
 """
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 
-from .errors import CliError, Stopped, exit_status, is_usage_error, one_line
+from .errors import CliError, quiet_rank, report_error
 
 log = logging.getLogger("vidcascade")
 
 __all__ = ["CliError", "build_parser", "main"]
-
-QUIET_RANK_GRACE_S = 1.0
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,7 +24,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         line = f"{self.prog}: error: {message} (see {self.prog} --help)"
-        self.exit(2, None if _quiet_rank(line, None, False) else line + "\n")
+        self.exit(2, None if quiet_rank(line, None, False) else line + "\n")
 
 
 def _switch(text: str) -> tuple[int, str]:
@@ -379,58 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.cmd](args)
         except (Exception, KeyboardInterrupt) as e:
             with signals.hold(discard=True):  # a second signal must not turn the line into a traceback
-                return _report_error(cmd, e, debug)
-
-
-def _env_int(name: str, default: int) -> int:
-    import os
-
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-def _quiet_rank(line: str, e: BaseException | None, debug: bool) -> bool:
-    """Under torchrun: write ``line`` to the rank's error file, so that torchrun's summary names it;
-    True on ranks other than 0 for errors every rank sees alike (rank 0 prints the line once)."""
-    import os
-
-    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
-        from .distributed.faults import record_error_line
-
-        record_error_line(line, e, debug)
-    rank = _env_int("RANK", 0) if _env_int("WORLD_SIZE", 1) > 1 else 0
-    alike = e is None or is_usage_error(e) or isinstance(e, KeyboardInterrupt)
-    if rank == 0 or not alike or debug:
-        return False
-    # Leaving at once could make torchrun stop rank 0 (SIGTERM) before it printed the line; the
-    # SIGTERM torchrun sends this rank once rank 0 has left must not print anything either.
-    from .io.signals import current
-
-    with current().hold(discard=True):
-        time.sleep(QUIET_RANK_GRACE_S)
-    return True
-
-
-def _report_error(cmd: str, e: BaseException, debug: bool) -> int:
-    """One line on stderr (the traceback first with --debug); see ``_quiet_rank`` for torchrun."""
-    status = exit_status(e)
-    prog = f"vidcascade {cmd}" if cmd else "vidcascade"
-    if isinstance(e, KeyboardInterrupt):
-        name = e.name if isinstance(e, Stopped) else "SIGINT"
-        note = getattr(e, "note", "")
-        line = f"{prog}: stopped by {name}" + (f" {note}" if note else "")
-    else:
-        line = f"{prog}: error: {one_line(e)}"
-    if _quiet_rank(line, e, debug):
-        return status
-    if debug:
-        import traceback
-
-        traceback.print_exception(e, file=sys.stderr)
-    print(line, file=sys.stderr, flush=True)
-    return status
+                return report_error(cmd, e, debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -316,3 +316,33 @@ def test_write_video_checks_the_path_and_returns_what_it_wrote(tmp_path):
     (tmp_path / "d.npz").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
         write_video(tmp_path / "d.npz", np.concatenate(_blocks(1)), 8.0)
+
+
+def test_stop_signals_hold_defer_and_respect_ignored_signals():
+    from vidcascade.errors import Stopped
+    from vidcascade.io.signals import StopSignals, current
+
+    def deliver(sig):
+        os.kill(os.getpid(), sig)
+        time.sleep(0.05)  # the handler runs at the next bytecode of the main thread
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as s:
+        assert current() is s
+        with pytest.raises(Stopped) as e:
+            with s.hold():  # deferred to the end of the block, then raised
+                deliver(signal.SIGTERM)
+                reached = True
+        assert reached and e.value.signum == signal.SIGTERM and e.value.name == "SIGTERM"
+        with s.hold(discard=True):
+            deliver(signal.SIGINT)
+        with pytest.raises(Stopped):
+            deliver(signal.SIGINT)
+    if hasattr(signal, "SIGHUP"):  # nohup: an ignored SIGHUP stays ignored
+        old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            with StopSignals():
+                deliver(signal.SIGHUP)
+        finally:
+            signal.signal(signal.SIGHUP, old)
+    assert signal.getsignal(signal.SIGTERM) is before  # restored

@@ -280,18 +280,20 @@ def cmd_plan(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .config import CascadeConfig
-    from .generate_cmd import check_generate_args, run_generate
+    from .generate_cmd import before_first_block, check_generate_args, run_generate
 
-    out = check_generate_args(args)  # before any model work (and, under torchrun, on every rank)
-    _device(args.device)
-    cascade = CascadeConfig(
-        level=args.level,
-        lag=args.lag,
-        attention=args.attention,
-        switch_mode=args.switch_mode,
-        freshness=args.freshness,
-    )
+    with before_first_block():
+        from .config import CascadeConfig
+
+        out = check_generate_args(args)  # before any model work (and, under torchrun, on every rank)
+        _device(args.device)
+        cascade = CascadeConfig(
+            level=args.level,
+            lag=args.lag,
+            attention=args.attention,
+            switch_mode=args.switch_mode,
+            freshness=args.freshness,
+        )
     if args.parallel == "temporal":
         from .distributed.launch import generate_temporal
 

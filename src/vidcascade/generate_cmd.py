@@ -14,6 +14,8 @@ some blocks writes them too and then reports the error (exit status 1).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CliError, RunError, Stopped, one_line
@@ -21,6 +23,8 @@ from .io.output import check_output_path
 from .io.record import Recording, record
 
 log = logging.getLogger("vidcascade")
+
+NOTHING_WRITTEN = "before the first block was made; nothing written"
 
 
 def check_generate_args(args) -> Path:
@@ -58,12 +62,10 @@ def run_generate(args, cascade, out: Path, load) -> int:
     from .engine.engine import Engine
     from .io.writers import open_writer
 
-    try:
+    with before_first_block():
         bundle = load(args)
-    except Stopped as e:
-        raise stopped_early(e) from None
-    engine = Engine(bundle, cascade)
-    engine.plan(args.blocks)  # validates level/lag against the model's step count before any work
+        engine = Engine(bundle, cascade)
+        engine.plan(args.blocks)  # validates level/lag against the model's step count before any work
     rec = record_stream(engine, args, open_writer(out, bundle.fps))
     return report(rec, engine, bundle, args.blocks)
 
@@ -75,19 +77,24 @@ def record_stream(engine, args, writer) -> Recording:
     bar = tqdm(total=args.blocks, unit="block", disable=None, leave=False)
     stream = engine.stream(args.prompt, args.blocks, seed=args.seed, switches=args.switch)
     try:
-        rec = record((o.frames[0] for o in stream), writer, on_block=lambda n: bar.update(1))
-    except Stopped as e:  # only before the writer took over: nothing was made
-        raise stopped_early(e) from None
+        with before_first_block():  # a stop after it is in the Recording
+            rec = record((o.frames[0] for o in stream), writer, on_block=lambda n: bar.update(1))
     finally:
         bar.close()
     if rec.written is None and rec.stopped is not None:
-        raise stopped_early(rec.stopped)
+        rec.stopped.note = NOTHING_WRITTEN
+        raise rec.stopped
     return rec
 
 
-def stopped_early(e: Stopped) -> Stopped:
-    e.note = "before the first block was made; nothing written"
-    return e
+@contextmanager
+def before_first_block() -> Iterator[None]:
+    """A stop inside says that nothing was written (the checks, the imports, the model load)."""
+    try:
+        yield
+    except Stopped as e:
+        e.note = e.note or NOTHING_WRITTEN
+        raise
 
 
 def report(rec: Recording, engine, bundle, asked: int, *, mode: str = "", ranks: str = "") -> int:

@@ -25,7 +25,7 @@ import logging
 import torch
 
 from ..config import CascadeConfig, ConfigError
-from ..errors import RunError, Stopped, is_usage_error, one_line
+from ..errors import RunError, is_usage_error, one_line
 from .comm import Comm, init_comm, shutdown
 from .engine import DistEngine
 
@@ -84,16 +84,14 @@ def _rank_stats(engine: DistEngine) -> dict:
 
 def generate_temporal(args, cascade: CascadeConfig, out) -> int:
     """``vidcascade generate ... --parallel temporal`` on this rank (flags already checked)."""
-    from ..generate_cmd import record_stream, report, stopped_early
+    from ..generate_cmd import before_first_block, record_stream, report
     from ..io.writers import open_writer
 
     def body(comm: Comm) -> int:
-        try:
+        with before_first_block():
             bundle = _load(args, comm)
-        except Stopped as e:
-            raise stopped_early(e) from None
-        engine = DistEngine(bundle, cascade, comm)
-        engine.plan(args.blocks)  # validates level/lag before any exchange
+            engine = DistEngine(bundle, cascade, comm)
+            engine.plan(args.blocks)  # validates level/lag before any exchange
         if not comm.is_root:
             for _ in engine.stream(args.prompt, args.blocks, seed=args.seed, switches=args.switch):
                 pass

@@ -34,14 +34,17 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
-                self._saved[s] = signal.signal(s, self._handle)
+                # An ignored signal stays ignored: `nohup` ignores SIGHUP, and shells start
+                # background jobs with SIGINT ignored.
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._saved[s] = signal.signal(s, self._handle)
             _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         for s, old in self._saved.items():
             signal.signal(s, old)
-        if self._saved:
+        if self in _ACTIVE:
             _ACTIVE.remove(self)
         self._saved.clear()
 

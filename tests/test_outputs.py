@@ -98,6 +98,14 @@ def test_bad_output_paths_fail_before_any_model_work(tmp_path, capsys, no_model)
     assert _leftovers(tmp_path) == []  # the probe file is gone
 
 
+def test_bench_json_path_is_checked_before_the_benchmark(tmp_path, capsys, no_model):
+    (tmp_path / "d.json").mkdir()
+    rc, stdout, err = _run(capsys, "bench", "--json", str(tmp_path / "d.json"))
+    assert rc == 2 and stdout == "" and err.strip().endswith("is a folder; expected a file name")
+    rc, _, err = _run(capsys, "bench", "--json", str(tmp_path / "nope" / "b.json"))
+    assert rc == 2 and "does not exist" in err
+
+
 # -- writers ---------------------------------------------------------------------------------------
 
 

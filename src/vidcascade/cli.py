@@ -306,6 +306,10 @@ def cmd_bench(args) -> int:
 
     from .eval.bench import format_bench, machine_info, run_bench
 
+    if args.json_path:  # before the benchmark, not after it
+        from .io.output import check_file_target
+
+        check_file_target(args.json_path, "a file name", what="--json")
     if args.parallel == "temporal":
         from .distributed.launch import bench_temporal
 

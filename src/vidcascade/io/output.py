@@ -42,15 +42,6 @@ def check_output_path(path: str | Path) -> Path:
         raise OutputError(
             f"output {str(p)!r}: unknown extension {p.suffix!r}; use one of {', '.join(FORMATS)}"
         )
-    if p.is_dir():
-        raise OutputError(f"output {str(p)!r} is a folder; expected a file name ending in {ext}")
-    parent = p.parent
-    if not parent.exists():
-        raise OutputError(f"output {str(p)!r}: folder {str(parent)!r} does not exist")
-    if not parent.is_dir():
-        raise OutputError(f"output {str(p)!r}: {str(parent)!r} is a file, not a folder")
-    if p.exists() and not p.is_file():
-        raise OutputError(f"output {str(p)!r} exists and is not a regular file")
     if ext == ".mp4":
         ffmpeg_exe()
     elif ext == ".gif":
@@ -58,12 +49,27 @@ def check_output_path(path: str | Path) -> Path:
             import PIL.Image  # noqa: F401
         except ImportError:
             raise OutputError('writing .gif needs Pillow (pip install "vidcascade[video]")') from None
+    return check_file_target(p, f"a file name ending in {ext}")
+
+
+def check_file_target(path: str | Path, expected: str = "a file name", what: str = "output") -> Path:
+    """``path`` if a file can be created or replaced there (``what`` names it in the errors)."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {str(p)!r} is a folder; expected {expected}")
+    parent = p.parent
+    if not parent.exists():
+        raise OutputError(f"{what} {str(p)!r}: folder {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"{what} {str(p)!r}: {str(parent)!r} is a file, not a folder")
+    if p.exists() and not p.is_file():
+        raise OutputError(f"{what} {str(p)!r} exists and is not a regular file")
     probe = temp_path(p, "probe")
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         os.unlink(probe)
     except OSError as e:
         raise OutputError(
-            f"output {str(p)!r}: cannot create a file in folder {str(parent)!r} ({e.strerror})"
+            f"{what} {str(p)!r}: cannot create a file in folder {str(parent)!r} ({e.strerror})"
         ) from None
     return p

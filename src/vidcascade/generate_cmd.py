@@ -76,9 +76,8 @@ def record_stream(engine, args, writer) -> Recording:
 
     bar = tqdm(total=args.blocks, unit="block", disable=None, leave=False)
     stream = engine.stream(args.prompt, args.blocks, seed=args.seed, switches=args.switch)
-    try:
-        with before_first_block():  # a stop after it is in the Recording
-            rec = record((o.frames[0] for o in stream), writer, on_block=lambda n: bar.update(1))
+    try:  # a stop or a failure once the stream runs is in the Recording
+        rec = record((o.frames[0] for o in stream), writer, on_block=lambda n: bar.update(1))
     finally:
         bar.close()
     if rec.written is None and rec.stopped is not None:
@@ -108,7 +107,7 @@ def report(rec: Recording, engine, bundle, asked: int, *, mode: str = "", ranks:
     of += " block" if asked == 1 else " blocks"
     untrained = "" if bundle.trained else f" [model {bundle.name}: untrained stand-in]"
     end = f"; stopped by {rec.stopped.name}" if rec.stopped is not None else ""
-    end += f"; ended by an error after {rec.blocks} blocks" if rec.error is not None else ""
+    end += f"; ended by an error after block {rec.blocks - 1}" if rec.error is not None else ""
     print(
         f"wrote {w.path}: {w.describe()} from {of}, level P{engine.level} (lag {engine.lag}, "
         f"{engine.cascade.attention}){mode}, {st.fps:.1f} FPS, time to first frame {st.ttff_s:.3f} s, "

@@ -56,7 +56,8 @@ class Written:
         size = f"{self.width}x{self.height}"
         if (self.width, self.height) != (self.source_width, self.source_height):
             factor = self.width / self.source_width
-            size += f" ({self.source_width}x{self.source_height} upscaled {factor:g}x)"
+            by = f" {factor:g}x" if factor.is_integer() else ""  # odd sides are padded to even
+            size += f" ({self.source_width}x{self.source_height} upscaled{by})"
         return f"{self.frames} frames {size}"
 
 

@@ -100,6 +100,113 @@ def test_bad_flags_exit_2_with_message(tmp_path, monkeypatch, capsys, argv, need
     assert rc == 2 and needle in err
 
 
+def _corrupt_model(tmp_path, how: str):
+    """A copy of the embedded model folder whose dit.safetensors is truncated or random bytes."""
+    import shutil
+
+    from vidcascade.weights.embedded import ASSETS
+
+    folder = tmp_path / f"model-{how}"
+    shutil.copytree(ASSETS, folder)
+    dit = folder / "dit.safetensors"
+    if how == "truncated":
+        dit.write_bytes(dit.read_bytes()[: dit.stat().st_size // 3])
+    else:
+        dit.write_bytes(np.random.default_rng(0).bytes(200_000))
+    return folder
+
+
+def _main_status(capsys, argv):
+    """main()'s exit status, also where argparse exits (SystemExit)."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "argv, status, line",
+    [
+        (["--device", "gpu"], 2, "--device 'gpu': expected cpu, cuda or cuda:N"),
+        (["--device", "mps"], 2, "--device 'mps': expected cpu, cuda or cuda:N"),
+        (["--switch", "-1:foo"], 2, "argument --switch: '-1:foo': the block must be an integer >= 0, got -1"),
+        (["--switch=-1:foo"], 2, "argument --switch: '-1:foo': the block must be an integer >= 0, got -1"),
+        (["--switch", "x:foo"], 2, "expected BLOCK:PROMPT with an integer BLOCK (e.g. 4:a blue square)"),
+        (
+            ["--sink-bias", "-1e9"],
+            2,
+            "--sink-bias: sink_bias must be a finite number >= 0, got -1000000000.0",
+        ),
+        (["--guidance", "0.5"], 2, "--guidance: guidance must be >= 1 (1 = off), got 0.5"),
+        (["--blocks", "-3"], 2, "--blocks must be >= 1, got -3"),
+        (["--switch", "1:a", "--switch", "1:b", "--blocks", "2"], 2, "two prompt switches at block 1"),
+        (["--blocks", "400"], 2, "400 blocks are 1200 latent frames, beyond the model's RoPE table"),
+        (["--model", "truncated"], 2, "dit.safetensors' (truncated or corrupt?): SafetensorError"),
+        (["--model", "random"], 2, "dit.safetensors' (truncated or corrupt?): SafetensorError"),
+    ],
+)
+def test_every_bad_value_is_one_line_with_its_status(tmp_path, capsys, argv, status, line):
+    argv = list(argv)
+    if argv[:1] == ["--model"]:
+        argv[1] = str(_corrupt_model(tmp_path, argv[1]))
+    elif "--blocks" in argv or "--switch" in " ".join(argv):
+        argv += ["--model", "random-tiny"]
+    rc, out, err = _main_status(capsys, ["generate", "x", *argv, "--out", str(tmp_path / "v.npz")])
+    assert rc == status and out == ""
+    assert line in err and err.startswith("vidcascade generate: error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "v.npz").exists()
+
+
+def test_debug_and_verbose_add_the_traceback(tmp_path, capsys):
+    for flags in (["--debug"], ["-v"]):
+        rc, _, err = _main_status(capsys, [*flags, "generate", "x", "--device", "gpu", "--out", "v.npz"])
+        assert rc == 2 and "Traceback (most recent call last)" in err
+        assert (
+            err.rstrip().splitlines()[-1]
+            == "vidcascade generate: error: --device 'gpu': expected cpu, cuda or cuda:N"
+        )
+    rc, _, err = _main_status(capsys, ["generate", "x", "--device", "gpu", "--out", "v.npz", "--debug"])
+    assert rc == 2 and "Traceback" in err  # also after the command
+
+
+def test_dash_values_reach_their_flag():
+    from vidcascade.cli import attach_dash_values, build_parser
+
+    p = build_parser()
+    argv = ["generate", "p", "--switch", "-1:foo", "--sink-bias", "-1e9", "--seed", "-4", "--out", "x.mp4"]
+    assert attach_dash_values(p, argv) == [
+        "generate", "p", "--switch=-1:foo", "--sink-bias=-1e9", "--seed=-4", "--out", "x.mp4"
+    ]  # fmt: skip
+    same = [
+        ["generate", "p", "--out", "--blocks", "3"],  # a missing value stays an error of its own
+        ["generate", "p", "--out", "-v"],  # an option of the command is not taken as a value
+        ["-v", "generate", "p", "--compile", "-x"],  # --compile takes no value
+        ["plan", "--json", "-1"],  # nor does plan's --json (bench's --json does)
+        ["generate", "--", "--switch", "-1"],
+    ]
+    for argv in same:
+        assert attach_dash_values(p, argv) == argv
+    assert attach_dash_values(p, ["bench", "--json", "-o.json"]) == ["bench", "--json=-o.json"]
+
+
+def test_console_entry_point_attaches_dash_values(tmp_path):
+    """Through sys.argv, as a user types it: the flag's own message, one line, status 2."""
+    r = subprocess.run(
+        [sys.executable, "-m", "vidcascade", "generate", "x", "--sink-bias", "-1e9", "--out", "v.npz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    line = (
+        "vidcascade generate: error: --sink-bias: sink_bias must be a finite number >= 0, got -1000000000.0"
+    )
+    assert r.stderr == line + "\n"
+
+
 def test_argparse_rejects_malformed_switch(capsys):
     with pytest.raises(SystemExit) as e:
         main(["generate", "x", "--switch", "nocolon"])

@@ -351,6 +351,30 @@ def test_cli_failing_rank_ends_the_job_with_its_error(tmp_path):
     assert not (tmp_path / "d.npz").exists()
 
 
+def test_cli_torchrun_bad_value_is_one_line_once(tmp_path):
+    """A value every rank rejects alike (found after loading, or by argparse) is printed once, by
+    rank 0, as the single process prints it; torchrun's own summary names the same line instead of
+    the ranks' tracebacks."""
+    cases = [
+        (["--blocks", "400"], "vidcascade generate: error: 400 blocks are 1200 latent frames"),
+        (
+            ["--switch", "-1:foo"],
+            "vidcascade generate: error: argument --switch: '-1:foo': the block must be",
+        ),
+    ]
+    for flags, line in cases:
+        argv = [a for a in GEN if a != "3"] if flags[0] == "--blocks" else GEN
+        argv = [a for a in argv if a != "--blocks"] if flags[0] == "--blocks" else argv
+        r, _ = _torchrun(tmp_path, *argv, *flags, "--parallel", "temporal", "--out", "d.npz", timeout=90)
+        text = r.stdout + r.stderr
+        assert r.returncode != 0
+        printed = [ln for ln in text.splitlines() if ln.startswith("vidcascade generate:")]
+        assert len(printed) == 1 and printed[0].startswith(line), text[-3000:]
+        assert f"traceback : {printed[0]}" in text  # torchrun's summary quotes the rank's line
+        assert "vidcascade/distributed" not in text and "vidcascade/engine" not in text  # no rank traceback
+        assert not (tmp_path / "d.npz").exists()
+
+
 def test_bench_temporal_single_rank_reports_both_modes(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     path = tmp_path / "b.json"

@@ -1,4 +1,8 @@
-"""Command line: parse, build config, call one function. Results go to stdout, diagnostics to the log."""
+"""Command line: parse, build config, call one function. Results go to stdout, diagnostics to the log.
+
+Errors are one line on stderr with the exit statuses of ``errors.py``; ``--debug`` (or ``-v``) adds
+the traceback. A value that starts with '-' is attached to its flag before parsing.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,34 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .errors import CliError, quiet_rank, report_error
+
 log = logging.getLogger("vidcascade")
 
+__all__ = ["CliError", "build_parser", "main"]
 
-class CliError(Exception):
-    """A bad flag value: reported as one line, exit status 2."""
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        line = f"{self.prog}: error: {message} (see {self.prog} --help)"
+        self.exit(2, None if quiet_rank(line, None, False) else line + "\n")
 
 
 def _switch(text: str) -> tuple[int, str]:
     block, sep, prompt = text.partition(":")
-    if not sep or not block.strip().isdigit() or not prompt.strip():
+    if not sep or not prompt.strip():
+        raise argparse.ArgumentTypeError(f"expected BLOCK:PROMPT (e.g. 4:a blue square), got {text!r}")
+    try:
+        b = int(block)
+    except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--switch expects BLOCK:PROMPT (e.g. 4:a blue square), got {text!r}"
-        )
-    return int(block), prompt.strip()
+            f"expected BLOCK:PROMPT with an integer BLOCK (e.g. 4:a blue square), got {text!r}"
+        ) from None
+    if b < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the block must be an integer >= 0, got {b}")
+    return b, prompt.strip()
 
 
 def _levels(text: str) -> list[int]:
@@ -78,8 +96,9 @@ def _add_cascade_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vidcascade", description=__doc__)
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap = Parser(prog="vidcascade", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="generate a video")
@@ -143,17 +162,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub, _add_model_args, _levels)
     add_train_parser(sub)
+    _debug_everywhere(ap)
     return ap
+
+
+def _subparsers(p: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def _debug_everywhere(p: argparse.ArgumentParser) -> None:
+    """``--debug`` also after the command (``vidcascade generate ... --debug``); SUPPRESS keeps a
+    command's parser from overwriting the top-level value with its default."""
+    sub = _subparsers(p)
+    for child in sub.choices.values() if sub else ():
+        if "--debug" not in child._option_string_actions:
+            hidden = dict(default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            child.add_argument("--debug", action="store_true", **hidden)
+        _debug_everywhere(child)
+
+
+def attach_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--flag -value`` -> ``--flag=-value`` for flags that take one value.
+
+    argparse reads a value that starts with '-' and is not a plain negative number (``-1:foo``,
+    ``-1e9``) as an unknown option and says "expected one argument"; attached, the value reaches
+    the flag's own check and its message. A next token that is an option of the command is left
+    alone (``--out --blocks 3`` still says that --out lacks its value).
+    """
+    out: list[str] = []
+    p, argv, i = parser, list(argv), 0
+    known = set(p._option_string_actions)  # options of the command and of the levels above it
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out += argv[i:]
+            break
+        action = p._option_string_actions.get(tok)
+        if action is not None and action.nargs is None and i + 1 < len(argv):
+            nxt = argv[i + 1]
+            if nxt.startswith("-") and not nxt.startswith("--") and len(nxt) > 1:
+                if nxt not in known:
+                    out.append(f"{tok}={nxt}")
+                    i += 2
+                    continue
+        sub = _subparsers(p)
+        if sub is not None and tok in sub.choices:
+            p = sub.choices[tok]
+            known |= set(p._option_string_actions)
+        out.append(tok)
+        i += 1
+    return out
+
+
+DEVICES = "cpu, cuda or cuda:N"
 
 
 def _device(name: str):
     import torch
 
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {name!r}: expected {DEVICES}") from None
     if dev.type not in ("cpu", "cuda"):
-        raise CliError(f"--device must be cpu or cuda[:N], got {name!r}")
+        raise CliError(f"--device {name!r}: expected {DEVICES}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name!r}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CliError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -204,63 +280,25 @@ def cmd_plan(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .config import CascadeConfig
-    from .io.video import check_output_path
+    from .generate_cmd import before_first_block, check_generate_args, run_generate
 
-    out = check_output_path(args.out)
-    if args.blocks < 1:
-        raise CliError(f"--blocks must be >= 1, got {args.blocks}")
-    cascade = CascadeConfig(
-        level=args.level,
-        lag=args.lag,
-        attention=args.attention,
-        switch_mode=args.switch_mode,
-        freshness=args.freshness,
-    )
+    with before_first_block():
+        from .config import CascadeConfig
+
+        out = check_generate_args(args)  # before any model work (and, under torchrun, on every rank)
+        _device(args.device)
+        cascade = CascadeConfig(
+            level=args.level,
+            lag=args.lag,
+            attention=args.attention,
+            switch_mode=args.switch_mode,
+            freshness=args.freshness,
+        )
     if args.parallel == "temporal":
         from .distributed.launch import generate_temporal
 
         return generate_temporal(args, cascade, out)
-    bundle = _load(args)
-    from .engine.engine import Engine
-
-    engine = Engine(bundle, cascade)
-    engine.plan(args.blocks)  # validates level/lag against the model's step count before any work
-    return _stream_to_file(engine, bundle, args, out)
-
-
-def _stream_to_file(engine, bundle, args, out) -> int:
-    import numpy as np
-    from tqdm import tqdm
-
-    from .io.video import write_video
-
-    frames = []
-    interrupted = False
-    bar = tqdm(total=args.blocks, unit="block", disable=None, leave=False)
-    try:
-        for o in engine.stream(args.prompt, args.blocks, seed=args.seed, switches=args.switch):
-            frames.append(o.frames[0])
-            bar.update(1)
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted: writing the %d blocks made so far", len(frames))
-    finally:
-        bar.close()
-    if not frames:
-        print("no frames were made; nothing written", file=sys.stderr)
-        return 130 if interrupted else 1
-    video = np.concatenate(frames, axis=0)
-    write_video(out, video, bundle.fps)
-    st = engine.stats
-    note = "" if bundle.trained else f" [model {bundle.name}: untrained stand-in]"
-    print(
-        f"wrote {out}: {video.shape[0]} frames {video.shape[2]}x{video.shape[1]} from {len(frames)} blocks, "
-        f"level P{engine.level} (lag {engine.lag}, {engine.cascade.attention}), {st.fps:.1f} FPS, "
-        f"time to first frame {st.ttff_s:.3f} s, {st.seconds:.2f} s total; model {bundle.name}{note}"
-        + (" (interrupted)" if interrupted else "")
-    )
-    return 130 if interrupted else 0
+    return run_generate(args, cascade, out, _load)
 
 
 def cmd_bench(args) -> int:
@@ -268,6 +306,10 @@ def cmd_bench(args) -> int:
 
     from .eval.bench import format_bench, machine_info, run_bench
 
+    if args.json_path:  # before the benchmark, not after it
+        from .io.output import check_file_target
+
+        check_file_target(args.json_path, "a file name", what="--json")
     if args.parallel == "temporal":
         from .distributed.launch import bench_temporal
 
@@ -325,19 +367,22 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    from .config import ConfigError
+    from .io.signals import StopSignals
 
-    try:
-        return COMMANDS[args.cmd](args)
-    except (CliError, ConfigError, ValueError, FileNotFoundError) as e:
-        if args.verbose:
-            raise
-        print(f"vidcascade {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+    with StopSignals() as signals:  # from the start: Ctrl-C while imports run is one line too
+        cmd, debug = "", False
+        try:
+            parser = build_parser()
+            args = parser.parse_args(attach_dash_values(parser, sys.argv[1:] if argv is None else argv))
+            cmd, debug = args.cmd, args.verbose or args.debug
+            logging.basicConfig(
+                level=logging.DEBUG if args.verbose else logging.INFO,
+                format="%(levelname)s %(name)s: %(message)s",
+            )
+            return COMMANDS[args.cmd](args)
+        except (Exception, KeyboardInterrupt) as e:
+            with signals.hold(discard=True):  # a second signal must not turn the line into a traceback
+                return report_error(cmd, e, debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

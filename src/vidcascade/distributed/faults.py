@@ -8,8 +8,11 @@ error text, in bounded time.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
+import traceback
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -44,14 +47,20 @@ class FaultInjector:
             )
 
 
-def report_failure(rank: int, world_size: int, exc: BaseException) -> None:
-    """Log a rank's error with its rank; the exception then ends the process (traceback, non-zero).
-
-    Under torchrun the error also goes to the agent's error file, so that its closing summary
-    names the root cause with this message. Call from inside the ``except`` block.
-    """
-    log.error("rank %d/%d failed: %s: %s", rank, world_size, type(exc).__name__, exc)
-    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
-        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
-
-        ErrorHandler().record_exception(exc)
+def record_error_line(line: str, exc: BaseException | None = None, debug: bool = False) -> None:
+    """Write this rank's error to torchrun's error file (TORCHELASTIC_ERROR_FILE), so that the
+    closing summary of torchrun names it: the one line the rank printed, or with ``debug`` the
+    traceback too. Without the variable (no torchrun) this does nothing."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    shown = line
+    if debug and exc is not None:
+        shown = "".join(traceback.format_exception(exc)) + line
+    info = {"py_callstack": shown, "timestamp": str(int(time.time()))}
+    data = {"message": {"message": line, "extraInfo": info}}
+    try:
+        with open(path, "w") as f:
+            json.dump(data, f)
+    except OSError as e:  # the summary then lacks the message; the rank's stderr still has it
+        log.debug("could not write torchrun's error file %s: %s", path, e)

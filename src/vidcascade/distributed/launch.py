@@ -7,8 +7,13 @@
 
 Without torchrun (WORLD_SIZE unset) the job is a single rank and no process group is made. Every
 rank loads the model and checks at start that all ranks run the same job with the same weights;
-rank 0 decodes and writes the output; the other ranks write nothing. A rank that raises logs its
-error with its rank and exits non-zero; torchrun then stops the others, and collectives time out
+rank 0 decodes and writes the output, block by block; the other ranks write nothing.
+
+Errors: the flags and the output path are checked before the job starts, on every rank alike. An
+error that every rank sees alike (a bad value) is printed by rank 0 alone, as the one line the
+single process prints; a failure of one rank is printed by that rank as ``rank r/R failed: ...``.
+Each failing rank also writes its line to torchrun's error file, so that torchrun's closing summary
+names it. The rank exits non-zero; torchrun then stops the others, and collectives time out
 (VIDCASCADE_DIST_TIMEOUT_S) rather than wait forever.
 """
 
@@ -17,13 +22,12 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import torch
 
 from ..config import CascadeConfig, ConfigError
+from ..errors import RunError, is_usage_error, one_line
 from .comm import Comm, init_comm, shutdown
 from .engine import DistEngine
-from .faults import report_failure
 
 log = logging.getLogger(__name__)
 
@@ -54,58 +58,56 @@ def _load(args, comm: Comm):
 
 
 def _run_as_rank(args, body, *, timed: bool = False) -> int:
-    """Join the job, run ``body(comm)`` and leave; on an error log it with the rank and re-raise."""
+    """Join the job, run ``body(comm)`` and leave. A failure of this rank alone is re-raised as
+    ``rank r/R failed: ...``; errors every rank sees alike (bad values, a stop) go up unchanged."""
     comm = init_comm(args.device, timed=timed)
     _rank_logging(comm, args.verbose)
     try:
         rc = body(comm)
-    except BaseException as e:
-        if isinstance(e, ConfigError):  # the CLI prints it; every rank raises the same
-            log.error("rank %d/%d: %s", comm.rank, comm.world_size, e)
-        else:
-            report_failure(comm.rank, comm.world_size, e)
+    except Exception as e:
+        if comm.world_size > 1 and not (is_usage_error(e) or isinstance(e, RunError)):
+            raise RunError(f"rank {comm.rank}/{comm.world_size} failed: {one_line(e)}") from e
         raise
     shutdown(comm)
     return rc
 
 
+def _rank_stats(engine: DistEngine) -> dict:
+    ex = engine.executor
+    return {
+        "tick_s": sum(t.seconds for t in engine.stats.ticks),
+        "comm_s": sum(c.seconds for c in ex.tick_comm),
+        "bytes": sum(c.bytes for c in ex.tick_comm),
+        "block_forwards": ex.counters.block_forwards,
+    }
+
+
 def generate_temporal(args, cascade: CascadeConfig, out) -> int:
-    """``vidcascade generate ... --parallel temporal`` on this rank."""
+    """``vidcascade generate ... --parallel temporal`` on this rank (flags already checked)."""
+    from ..generate_cmd import before_first_block, record_stream, report
+    from ..io.writers import open_writer
 
     def body(comm: Comm) -> int:
-        from ..io.video import write_video
-
-        bundle = _load(args, comm)
-        engine = DistEngine(bundle, cascade, comm)
-        engine.plan(args.blocks)  # validates level/lag before any exchange
-        frames = [
-            o.frames[0] for o in engine.stream(args.prompt, args.blocks, seed=args.seed, switches=args.switch)
-        ]
-        ex = engine.executor
-        mine = {
-            "tick_s": sum(t.seconds for t in engine.stats.ticks),
-            "comm_s": sum(c.seconds for c in ex.tick_comm),
-            "bytes": sum(c.bytes for c in ex.tick_comm),
-            "block_forwards": ex.counters.block_forwards,
-        }
-        ranks = comm.all_gather_object(mine)
+        with before_first_block():
+            bundle = _load(args, comm)
+            engine = DistEngine(bundle, cascade, comm)
+            engine.plan(args.blocks)  # validates level/lag before any exchange
         if not comm.is_root:
+            for _ in engine.stream(args.prompt, args.blocks, seed=args.seed, switches=args.switch):
+                pass
+            comm.all_gather_object(_rank_stats(engine))
             return 0
-        video = np.concatenate(frames, axis=0)
-        write_video(out, video, bundle.fps)
-        st = engine.stats
-        per_rank = ", ".join(
-            f"r{r}: {d['block_forwards']} block-fwd, comm {d['comm_s']:.2f} s, {d['bytes'] / 2**20:.1f} MiB"
-            for r, d in enumerate(ranks)
-        )
-        note = "" if bundle.trained else f" [model {bundle.name}: untrained stand-in]"
-        print(
-            f"wrote {out}: {video.shape[0]} frames {video.shape[2]}x{video.shape[1]} from {len(frames)} "
-            f"blocks, level P{engine.level} (lag {engine.lag}, {cascade.attention}), temporal parallel on "
-            f"{comm.world_size} rank(s), {cascade.freshness} K/V, {st.fps:.1f} FPS, time to first frame "
-            f"{st.ttff_s:.3f} s, {st.seconds:.2f} s total; {per_rank}; model {bundle.name}{note}"
-        )
-        return 0
+        rec = record_stream(engine, args, open_writer(out, bundle.fps))
+        per_rank = ""
+        if rec.stopped is None and rec.error is None:  # else the other ranks did not finish
+            ranks = comm.all_gather_object(_rank_stats(engine))
+            per_rank = ", ".join(
+                f"r{r}: {d['block_forwards']} block-fwd, comm {d['comm_s']:.2f} s, "
+                f"{d['bytes'] / 2**20:.1f} MiB"
+                for r, d in enumerate(ranks)
+            )
+        mode = f", temporal parallel on {comm.world_size} rank(s), {cascade.freshness} K/V"
+        return report(rec, engine, bundle, args.blocks, mode=mode, ranks=f"{per_rank}; " if per_rank else "")
 
     return _run_as_rank(args, body)
 

@@ -17,6 +17,7 @@ import torch
 
 from ..config import CacheConfig, ModelConfig, SamplingConfig
 from .bundle import Bundle
+from .checkpoint_io import CheckpointError, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +50,48 @@ def _tuplify(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> Bundle:
-    from safetensors.torch import load_file
+def _read_meta(folder: Path) -> tuple[dict, ModelConfig]:
+    path = folder / "model.json"
+    try:
+        meta = json.loads(path.read_text())
+        return meta, ModelConfig(**_tuplify(meta["model"]))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"bad model description '{path}': {type(e).__name__}: {e}") from None
 
-    from ..models.vae_stream import VAEFrameDecoder
+
+def _load_dit(path: Path, cfg: ModelConfig) -> torch.nn.Module:
+    """The DiT of ``path``; a truncated, corrupt or mismatched file is a one-line CheckpointError."""
     from ..models.wan_dit import CausalWanDiT
+
+    refs, _ = read_safetensors(path)
+    dit = CausalWanDiT(cfg)
+    want = {k: tuple(v.shape) for k, v in dit.state_dict().items()}
+    problems = [
+        f"{len(m)} {what} ({', '.join(m[:3])}{', ...' if len(m) > 3 else ''})"
+        for what, m in (
+            ("missing", sorted(want.keys() - refs.keys())),
+            ("unexpected", sorted(refs.keys() - want.keys())),
+            ("mis-shaped", sorted(k for k in want.keys() & refs.keys() if refs[k].shape != want[k])),
+        )
+        if m
+    ]
+    if problems:
+        raise CheckpointError(f"DiT weights '{path}' do not fit model.json: tensors {'; '.join(problems)}")
+    try:
+        dit.load_state_dict({k: ref.read().float() for k, ref in refs.items()}, strict=True)
+    except Exception as e:  # unreadable tensor data
+        raise CheckpointError(f"cannot read DiT weights '{path}': {type(e).__name__}: {e}") from None
+    return dit
+
+
+def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> Bundle:
+    from ..models.vae_stream import VAEFrameDecoder
     from .vae_keys import load_wan_vae
 
     if not embedded_available(folder):
         raise FileNotFoundError(f"the embedded model's files are missing from {folder}")
-    meta = json.loads((folder / "model.json").read_text())
-    cfg = ModelConfig(**_tuplify(meta["model"]))
-    dit = CausalWanDiT(cfg)
-    state = load_file(str(folder / "dit.safetensors"))
-    dit.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    meta, cfg = _read_meta(folder)
+    dit = _load_dit(folder / "dit.safetensors", cfg)
     dit.eval().to(device)
     vae = load_wan_vae(folder / "vae.safetensors", dtype=torch.float32, device=device)
     # Models exported before clause-wise text have no "text" entry: they were trained on whole prompts.

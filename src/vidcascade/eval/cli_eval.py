@@ -9,9 +9,11 @@ error names the flags the user gave when they disagree.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -202,6 +204,20 @@ def eval_settings(args: argparse.Namespace) -> EvalSettings:
     )
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Hold a logger at WARNING (unless -v asked for DEBUG): the engine logs every prompt switch,
+    and the switch check makes dozens of them."""
+    lg = logging.getLogger(logger_name)
+    old = lg.level
+    if lg.getEffectiveLevel() >= logging.INFO:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
+
+
 def _emit(line: str) -> None:
     """A result line on stdout at once, around the progress bar on stderr."""
     from tqdm import tqdm
@@ -212,7 +228,9 @@ def _emit(line: str) -> None:
 
 def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from ..engine.engine import Engine
     from .quality import format_by_objects, format_eval, format_eval_header, format_eval_row, run_eval
     from .switch_check import (
         format_switch,
@@ -229,7 +247,7 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
     switch_levels = sorted({0, max(levels)})
     n_switch = switch_videos(switch_levels, settings.switch_seeds)
     log.info(
-        "eval (%s): %d configurations x %d prompts, %d long videos each%s",
+        "eval (%s): %d configuration(s) x %d prompts, %d long video(s) each%s",
         settings.preset,
         len(configs),
         settings.prompts,
@@ -270,26 +288,28 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
     switch_seen: list[dict] = []
     switch_rows: list[dict] = []
     try:
-        rows = run_eval(
-            bundle,
-            configs,
-            settings.prompts,
-            settings.blocks,
-            settings.long_prompts,
-            settings.long_blocks,
-            eval_progress,
-            prompt_set=args.prompt_set,
-            on_row=on_row,
-        )
-        if settings.switch_seeds:
-            switch_rows = run_switch_check(
+        with logging_redirect_tqdm():  # log lines go above the bar, not through it
+            rows = run_eval(
                 bundle,
-                switch_levels,
-                settings.attention[-1],
-                seeds=settings.switch_seeds,
-                progress=switch_progress,
-                on_row=on_switch_row,
+                configs,
+                settings.prompts,
+                settings.blocks,
+                settings.long_prompts,
+                settings.long_blocks,
+                eval_progress,
+                prompt_set=args.prompt_set,
+                on_row=on_row,
             )
+            if settings.switch_seeds:
+                with _quiet(Engine.__module__):
+                    switch_rows = run_switch_check(
+                        bundle,
+                        switch_levels,
+                        settings.attention[-1],
+                        seeds=settings.switch_seeds,
+                        progress=switch_progress,
+                        on_row=on_switch_row,
+                    )
     finally:
         bar.close()
     print()

@@ -69,7 +69,7 @@ def test_random_tiny(capsys) -> None:
     rep = json.loads(capsys.readouterr().out)
     assert rep["kind"] == "builtin" and rep["trained"] is False
     _matches_bundle(rep, "random-tiny")
-    assert main(["inspect", "random-tiny"]) == 0
+    assert main(["inspect", "--model", "random-tiny"]) == 0  # as generate, bench and eval take it
     text = capsys.readouterr().out
     assert "trained     no" in text and "sink bias 0 (off)" in text and text.rstrip().endswith("usable")
 
@@ -136,3 +136,8 @@ def test_a_file_that_is_no_model_is_found_but_not_usable(tmp_path: Path, capsys)
     assert main(["inspect", str(junk)]) == 1
     out = capsys.readouterr().out
     assert "unknown checkpoint format" in out and "NOT usable" in out
+
+
+def test_model_given_twice_must_agree(capsys) -> None:
+    assert main(["inspect", "random-tiny", "--model", "embedded"]) == 2
+    assert "MODEL 'random-tiny' and --model 'embedded' differ" in capsys.readouterr().err

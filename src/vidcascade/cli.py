@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="anything --model takes (embedded, random-tiny, a model folder, a `train export` folder) "
         "or a DiT checkpoint file/folder (default: the default model)",
     )
+    i.add_argument("--model", default=None, help="the same as MODEL, as generate, bench and eval take it")
     i.add_argument("--height", type=int, default=None, help="pixels (default: the model's, else 480)")
     i.add_argument("--width", type=int, default=None, help="pixels (default: the model's, else 832)")
     i.add_argument("--sink-frames", type=int, default=None, help="K/V sink frames (default: the model's)")

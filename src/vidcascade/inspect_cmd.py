@@ -400,13 +400,15 @@ def _report_settings(
 
 
 def run_inspect(args: Any) -> int:
-    """The CLI entry: args.path, height, width, sink_frames, window_frames, dtype, json."""
+    """The CLI entry: args.path (or args.model), height, width, sink_frames, window_frames, dtype, json."""
+    if args.path is not None and args.model is not None and args.path != args.model:
+        raise ValueError(f"give the model once: MODEL {args.path!r} and --model {args.model!r} differ")
     dtype = None if args.dtype is None else getattr(torch, args.dtype)
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be a positive number of pixels, got {value}")
     rep = inspect_path(
-        args.path,
+        args.path if args.path is not None else args.model,
         height=args.height,
         width=args.width,
         sink_frames=args.sink_frames,

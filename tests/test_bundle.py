@@ -168,8 +168,8 @@ def test_inspect_reports_problems(root: Path, capsys) -> None:
         and "vae: no such file" in text
         and "NOT usable" in text
     )
-    rep = inspect_path(root / "checkpoints" / "nothing.pt")
-    assert not rep["usable"] and "not found" in rep["problems"][0]
+    with pytest.raises(ValueError, match="no such path"):  # the CLI's exit status 2
+        inspect_path(root / "checkpoints" / "nothing.pt")
 
 
 def test_kv_report_matches_the_reference_table() -> None:

@@ -36,7 +36,7 @@ def test_eval_cli_rows(tmp_path, capsys):
             "--long-prompts",
             "1",
             "--long-blocks",
-            "3",
+            "4",
             "--no-switch-check",
             "--json",
             str(out),
@@ -70,9 +70,13 @@ def test_eval_cli_rows(tmp_path, capsys):
     assert "color_acc" in printed and "accuracy by number of objects" in printed
 
 
-def test_eval_cli_rejects_more_long_prompts_than_prompts(capsys):
+def test_eval_cli_names_the_flags_the_user_gave(capsys):
     # The long videos are drawn from the first --prompts items: asking for more must not silently
-    # run fewer.
+    # run fewer, and the error names what the user typed.
     rc = main(["eval", "--model", "random-tiny", "--prompts", "1", "--long-prompts", "4"])
     assert rc == 2
-    assert "--long-prompts must be in 0..--prompts (1)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--long-prompts 4 is more than --prompts 1" in err and err.count("\n") == 1
+    rc = main(["eval", "--model", "random-tiny", "--long-prompts", "20"])
+    assert rc == 2
+    assert "--long-prompts 20 is more than the 16 prompts of the quick preset" in capsys.readouterr().err

@@ -144,16 +144,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="measured runs per level (median reported)")
     b.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write results as JSON")
     b.add_argument("--parallel", choices=["none", "temporal"], default="none")
-    i = sub.add_parser("inspect", help="report what a model folder or DiT checkpoint holds, and any problem")
-    i.add_argument("path", help="model folder (vidcascade.json) or DiT checkpoint file/folder")
-    i.add_argument("--height", type=int, default=None, help="pixels (default: the bundle's, else 480)")
-    i.add_argument("--width", type=int, default=None, help="pixels (default: the bundle's, else 832)")
-    i.add_argument("--sink-frames", type=int, default=None, help="K/V sink frames (default: the bundle's)")
-    i.add_argument(
-        "--window-frames", type=int, default=None, help="K/V window frames (default: the bundle's)"
+    i = sub.add_parser(
+        "inspect",
+        help="report what a model holds (geometry, settings, K/V memory) and whether it is usable",
+        description="Report a model without running it: geometry, parameters, sampling, cache, K/V "
+        "memory per cascade level, text encoder, VAE, and every problem found. Exit status 0 when "
+        "usable, 1 when found but not usable, 2 when MODEL is neither a built-in nor a path.",
     )
     i.add_argument(
-        "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="K/V dtype"
+        "path",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="anything --model takes (embedded, random-tiny, a model folder, a `train export` folder) "
+        "or a DiT checkpoint file/folder (default: the default model)",
+    )
+    i.add_argument("--model", default=None, help="the same as MODEL, as generate, bench and eval take it")
+    i.add_argument("--height", type=int, default=None, help="pixels (default: the model's, else 480)")
+    i.add_argument("--width", type=int, default=None, help="pixels (default: the model's, else 832)")
+    i.add_argument("--sink-frames", type=int, default=None, help="K/V sink frames (default: the model's)")
+    i.add_argument("--window-frames", type=int, default=None, help="K/V window frames (default: the model's)")
+    i.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="K/V dtype (default: float32 for built-in and embedded-format models, else bfloat16)",
     )
     i.add_argument("--json", action="store_true", help="print the report as JSON")
 

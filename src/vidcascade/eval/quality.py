@@ -15,6 +15,7 @@ every configuration (level, attention) generates the same videos. Per configurat
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,13 +92,14 @@ def _agg(rows: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def _drift(engine: Engine, items: list[EvalItem], blocks: int, fpb: int) -> dict[str, float]:
+def _drift(engine: Engine, items: list[EvalItem], blocks: int, tick: Callable[[], None]) -> dict[str, float]:
     first, last = [], []
     for it in items:
         frames = engine.generate(it.prompt, blocks, seed=it.seed).frames[0]
         q = len(frames) // 4
         first.append(match_attributes(detect_objects(frames[:q], max_objects=len(it.attrs)), it.attrs))
         last.append(match_attributes(detect_objects(frames[-q:], max_objects=len(it.attrs)), it.attrs))
+        tick()
     a, b = aggregate_matches(first), aggregate_matches(last)
     return {
         "long_blocks": blocks,
@@ -130,10 +132,12 @@ def run_eval(
     blocks: int = 8,
     long_prompts: int = 8,
     long_blocks: int = 60,
-    progress=None,
+    progress: Callable[[int, int], None] | None = None,
     prompt_set: str = "eval",
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """One row per (level, attention[, freshness])."""
+    """One row per (level, attention[, freshness]); ``progress(done, total)`` after every video,
+    ``on_row(row)`` as soon as a configuration's row is complete."""
     configs = [(c[0], c[1], c[2] if len(c) > 2 else "joint") for c in configs]
     items = eval_items(prompts, prompt_set=prompt_set)
     fpb_frames = None
@@ -144,6 +148,13 @@ def run_eval(
         order = [(0, "causal", "joint"), *order]
     total = len(order) * (len(items) + long_prompts)
     done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
     for level, attention, freshness in order:
         engine = make_engine(bundle, level, attention, freshness)
         per, ps, ss = [], [], []
@@ -156,9 +167,7 @@ def run_eval(
                 ref_frames[k] = frames
             ps.append(psnr(frames, ref_frames[k]))
             ss.append(ssim(frames, ref_frames[k]))
-            done += 1
-            if progress:
-                progress(done, total)
+            tick()
         row = {
             "level": level,
             "attention": attention,
@@ -172,13 +181,12 @@ def run_eval(
             "ssim_vs_p0": float(np.mean(ss)),
         }
         if long_prompts:
-            row.update(_drift(engine, items[:long_prompts], long_blocks, fpb_frames))
-            done += long_prompts
-            if progress:
-                progress(done, total)
+            row.update(_drift(engine, items[:long_prompts], long_blocks, tick))
         if (level, attention, freshness) in configs:
             rows.append(row)
-        log.info(
+            if on_row:
+                on_row(row)
+        log.debug(  # the CLI prints the row itself
             "eval P%d %s %s: %s",
             level,
             attention,
@@ -188,33 +196,47 @@ def run_eval(
     return rows
 
 
-def format_eval(rows: list[dict], model: str) -> str:
-    cols = [
-        ("level", "P{}"),
-        ("attention", "{}"),
-        ("freshness", "{}"),
-        ("color_acc", "{:.3f}"),
-        ("shape_acc", "{:.3f}"),
-        ("motion_acc", "{:.3f}"),
-        ("count_acc", "{:.3f}"),
-        ("boundary_jump", "{:.2f}"),
-        ("jerk_px", "{:.2f}"),
-        ("psnr_vs_p0", "{:.1f}"),
-        ("ssim_vs_p0", "{:.3f}"),
-        ("drift_color", "{:+.3f}"),
-        ("drift_shape", "{:+.3f}"),
-    ]
-    head = [c for c, _ in cols if c in rows[0]]
+EVAL_COLUMNS = [
+    ("level", "P{}"),
+    ("attention", "{}"),
+    ("freshness", "{}"),
+    ("color_acc", "{:.3f}"),
+    ("shape_acc", "{:.3f}"),
+    ("motion_acc", "{:.3f}"),
+    ("count_acc", "{:.3f}"),
+    ("boundary_jump", "{:.2f}"),
+    ("jerk_px", "{:.2f}"),
+    ("psnr_vs_p0", "{:.1f}"),
+    ("ssim_vs_p0", "{:.3f}"),
+    ("drift_color", "{:+.3f}"),
+    ("drift_shape", "{:+.3f}"),
+]
+
+
+def format_eval_header(
+    model: str, prompts: int, prompt_set: str, blocks: int, long_blocks: int | None
+) -> str:
+    """The title and column names of the table (``long_blocks`` None: no drift columns)."""
+    head = [c for c, _ in EVAL_COLUMNS if long_blocks is not None or not c.startswith("drift_")]
     lines = [
-        f"eval: model {model}; {rows[0]['prompts']} {rows[0].get('prompt_set', 'eval')} prompts x seeds, "
-        f"{rows[0]['blocks']} blocks"
-        + (f"; drift over {rows[0]['long_blocks']} blocks" if "long_blocks" in rows[0] else ""),
+        f"eval: model {model}; {prompts} {prompt_set} prompts x seeds, {blocks} blocks"
+        + (f"; drift over {long_blocks} blocks" if long_blocks is not None else ""),
         " | ".join(head),
     ]
     lines.append("-" * len(lines[-1]))
-    for r in rows:
-        lines.append(" | ".join(f.format(r[c]) for c, f in cols if c in r))
     return "\n".join(lines)
+
+
+def format_eval_row(row: dict) -> str:
+    return " | ".join(f.format(row[c]) for c, f in EVAL_COLUMNS if c in row)
+
+
+def format_eval(rows: list[dict], model: str) -> str:
+    r0 = rows[0]
+    header = format_eval_header(
+        model, r0["prompts"], r0.get("prompt_set", "eval"), r0["blocks"], r0.get("long_blocks")
+    )
+    return "\n".join([header, *map(format_eval_row, rows)])
 
 
 def format_by_objects(rows: list[dict]) -> str:

@@ -3,6 +3,8 @@ new colour shows, with and without re-cache."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..config import CascadeConfig
@@ -42,8 +44,13 @@ def run_switch_check(
     blocks: int = 12,
     switch_block: int = 6,
     seeds: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
+    """One row per (level, switch mode) over SWITCHES x ``seeds`` videos; ``progress(done,
+    total)`` after every video, ``on_row(row)`` as soon as a row is complete."""
     rows = []
+    total, done = switch_videos(levels, seeds), 0
     for level in levels:
         for mode in ("no-recache", "recache"):
             eng = Engine(bundle, CascadeConfig(level=level, attention=attention, switch_mode=mode))
@@ -58,32 +65,46 @@ def run_switch_check(
                     else:
                         delays.append(d)
                     recache_s += eng.stats.recache_s
-            rows.append(
-                {
-                    "level": level,
-                    "attention": attention,
-                    "switch_mode": mode,
-                    "switch_block": switch_block,
-                    "mean_blocks_to_new_color": float(np.mean(delays)) if delays else float("nan"),
-                    "max_blocks_to_new_color": int(max(delays)) if delays else None,
-                    "never_switched": misses,
-                    "runs": len(SWITCHES) * seeds,
-                    "recache_forward_s": float(np.median(recache_s)) if recache_s else 0.0,
-                }
-            )
+                    done += 1
+                    if progress:
+                        progress(done, total)
+            row = {
+                "level": level,
+                "attention": attention,
+                "switch_mode": mode,
+                "switch_block": switch_block,
+                "mean_blocks_to_new_color": float(np.mean(delays)) if delays else float("nan"),
+                "max_blocks_to_new_color": int(max(delays)) if delays else None,
+                "never_switched": misses,
+                "runs": len(SWITCHES) * seeds,
+                "recache_forward_s": float(np.median(recache_s)) if recache_s else 0.0,
+            }
+            rows.append(row)
+            if on_row:
+                on_row(row)
     return rows
 
 
+def switch_videos(levels: list[int], seeds: int) -> int:
+    """Videos run_switch_check generates: both switch modes at every level."""
+    return len(levels) * 2 * len(SWITCHES) * seeds
+
+
+SWITCH_HEADER = "level | attention | mode | mean blocks | max | never | recache s"
+
+
+def format_switch_header() -> str:
+    title = "prompt switch: blocks after the switch block until the new colour is detected"
+    return "\n".join([title, SWITCH_HEADER, "-" * len(SWITCH_HEADER)])
+
+
+def format_switch_row(r: dict) -> str:
+    return (
+        f"P{r['level']} | {r['attention']} | {r['switch_mode']} | "
+        f"{r['mean_blocks_to_new_color']:.2f} | {r['max_blocks_to_new_color']} | "
+        f"{r['never_switched']}/{r['runs']} | {r['recache_forward_s']:.3f}"
+    )
+
+
 def format_switch(rows: list[dict]) -> str:
-    lines = [
-        "prompt switch: blocks after the switch block until the new colour is detected",
-        "level | attention | mode | mean blocks | max | never | recache s",
-    ]
-    lines.append("-" * len(lines[-1]))
-    for r in rows:
-        lines.append(
-            f"P{r['level']} | {r['attention']} | {r['switch_mode']} | "
-            f"{r['mean_blocks_to_new_color']:.2f} | {r['max_blocks_to_new_color']} | "
-            f"{r['never_switched']}/{r['runs']} | {r['recache_forward_s']:.3f}"
-        )
-    return "\n".join(lines)
+    return "\n".join([format_switch_header(), *map(format_switch_row, rows)])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -64,25 +66,51 @@ def default_model_name() -> str:
     return "random-tiny"
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a ``--model`` value points, before anything is read (``inspect`` reports the same)."""
+
+    kind: Literal["builtin", "embedded-folder", "path"]
+    """builtin: made in memory (random-tiny); embedded-folder: model.json + dit/vae safetensors
+    (the package's assets, or `train export --dest`); path: anything else that exists (a model
+    folder with a manifest, or a file that is not one)."""
+    name: str
+    path: Path | None
+
+
+def resolve_model(name_or_path: str | None = None) -> ModelSource:
+    """The kind of model a name or path is; ValueError when it is neither a built-in nor a path."""
+    from .embedded import ASSETS, embedded_available
+
+    name = name_or_path or default_model_name()
+    if name == "embedded":
+        return ModelSource("embedded-folder", name, ASSETS)
+    if name in BUILTIN:
+        return ModelSource("builtin", name, None)
+    path = Path(name)
+    if not path.exists():
+        raise ValueError(f"unknown model {name!r}: not a built-in ({', '.join(BUILTIN)}) and no such path")
+    if path.is_dir() and embedded_available(path):
+        return ModelSource("embedded-folder", name, path)
+    return ModelSource("path", name, path)
+
+
 def load_bundle(
     name_or_path: str | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> Bundle:
     """A built-in model by name, or a model folder (see docs in README)."""
-    name = name_or_path or default_model_name()
-    if name in BUILTIN:
-        bundle = BUILTIN[name](device)
-    elif Path(name).exists():
-        from .embedded import embedded_available, load_embedded
+    src = resolve_model(name_or_path)
+    if src.kind == "builtin":
+        bundle = BUILTIN[src.name](device)
+    elif src.kind == "embedded-folder":
+        from .embedded import load_embedded
 
-        if Path(name).is_dir() and embedded_available(Path(name)):
-            # An embedded-format folder (model.json + dit/vae safetensors), e.g. `train export --dest`.
-            bundle = load_embedded(device, folder=Path(name))
-        else:
-            from .bundle_folder import load_bundle_folder
-
-            bundle = load_bundle_folder(Path(name), device=device, dtype=dtype)
+        # The package's assets, or an embedded-format folder written by `train export --dest`.
+        bundle = load_embedded(device, folder=src.path)
     else:
-        raise ValueError(f"unknown model {name!r}: not a built-in ({', '.join(BUILTIN)}) and no such path")
+        from .bundle_folder import load_bundle_folder
+
+        bundle = load_bundle_folder(src.path, device=device, dtype=dtype)
     if dtype is not None and bundle.dit.patch_embedding.weight.dtype != dtype:
         bundle.dit.to_inference_dtype(dtype)
     return bundle

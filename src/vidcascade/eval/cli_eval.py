@@ -36,9 +36,10 @@ class EvalPreset:
 
 
 # Quick: the two ends of the cascade with both attentions (P0, PS causal, PS bidirectional) on 16
-# prompts, drift on 2 long videos each, one seed per switch pair: about 2-3 minutes on 2 loaded
-# CPU cores with the embedded model. Full: the README's reported table (every level, 64 prompts,
-# drift on 8 long videos each, 4 seeds per switch pair): about half an hour there.
+# prompts, drift on 2 long videos each, one seed per switch pair: with the embedded model 1 min 48 s
+# on 2 CPU cores at load average 1-2.5, 3 min 36 s at load 7. Full: the README's reported table
+# (every level, 64 prompts, drift on 8 long videos each, 4 seeds per switch pair): 35 min there
+# (niced, load 5-6), rows identical to the table from before the presets.
 PRESETS = {
     "quick": EvalPreset(
         "quick", all_levels=False, prompts=16, long_prompts=2, long_blocks=60, switch_seeds=1
@@ -53,11 +54,11 @@ def _epilog() -> str:
         "presets (S = the model's step count: 4 for the embedded model):\n"
         f"  default  a quick look: levels 0 and S with --attention's modes, {q.prompts} prompts x seeds\n"
         f"           of --blocks blocks, drift on the first {q.long_prompts} prompts over {q.long_blocks} "
-        f"blocks, switch check\n           with {q.switch_seeds} seed per prompt pair: a few minutes on "
-        f"a small CPU (each video moves an\n           accuracy by 1/{q.prompts})\n"
+        f"blocks, switch check\n           with {q.switch_seeds} seed per prompt pair: 2-4 minutes on 2 "
+        f"CPU cores (each video moves an\n           accuracy by 1/{q.prompts})\n"
         f"  --full   the reported table: every level 0..S, {f.prompts} prompts, drift on the first "
         f"{f.long_prompts} prompts over\n           {f.long_blocks} blocks, switch check with "
-        f"{f.switch_seeds} seeds per prompt pair: about half an hour on a small CPU\n"
+        f"{f.switch_seeds} seeds per prompt pair: about 35 minutes on 2 CPU cores\n"
         "--levels, --prompts, --long-prompts and --long-blocks override either preset; without\n"
         "--long-prompts the long videos are clamped to --prompts."
     )

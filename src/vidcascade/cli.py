@@ -139,10 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the report as JSON")
 
     from .eval.cli_eval import add_eval_parser
+    from .serve.cli_serve import add_serve_parsers
     from .training.cli_train import add_train_parser
 
     add_eval_parser(sub, _add_model_args, _levels)
     add_train_parser(sub)
+    add_serve_parsers(sub, _add_model_args, _add_cascade_args, _levels)
     return ap
 
 
@@ -314,6 +316,20 @@ def cmd_train(args) -> int:
     return run(args)
 
 
+def cmd_serve(args) -> int:
+    if args.cmd == "loadtest":
+        from .serve.loadtest import run_loadtest
+
+        return run_loadtest(args)
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port must be in 1..65535, got {args.port}")
+    if args.lag is not None:
+        raise CliError("serve takes --level, not --lag")
+    from .serve.run import run_serve
+
+    return run_serve(args, _load(args))
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "plan": cmd_plan,
@@ -321,6 +337,8 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "eval": cmd_eval,
     "train": cmd_train,
+    "serve": cmd_serve,
+    "loadtest": cmd_serve,
 }
 
 

@@ -85,6 +85,9 @@ class ServerState:
         self.block_latency_s: deque[float] = deque(maxlen=512)
         self.inter_arrival_s: deque[float] = deque(maxlen=512)
         self.last_ttff_s: float | None = None
+        from ..eval.bench import machine_info
+
+        self.machine = machine_info(bundle.device)
 
     # -- engines -------------------------------------------------------------------------------
     def engine(self, level: int | None, attention: str | None):
@@ -149,6 +152,7 @@ class ServerState:
         lat, gap = list(self.block_latency_s), list(self.inter_arrival_s)
         return {
             "model": self.bundle.name,
+            "machine": self.machine,
             "ready": self.ready,
             "uptime_s": time.time() - self.started_at,
             "sessions_active": int(self.active is not None),

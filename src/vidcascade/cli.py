@@ -53,6 +53,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "(default: the model's own setting)",
     )
     p.add_argument(
+        "--positions",
+        choices=["exact", "refresh"],
+        default=None,
+        help="RoPE positions past the model's table: exact rebase or refresh (sink kept near the "
+        "window) (default: the model's own setting)",
+    )
+    p.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "bfloat16", "float16"],
@@ -97,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BLOCK:PROMPT",
         help="switch to PROMPT when BLOCK starts (repeatable)",
     )
-    g.add_argument("--switch-mode", choices=["no-recache", "recache"], default="no-recache")
+    g.add_argument("--switch-mode", choices=["no-recache", "recache", "blend"], default="no-recache")
     g.add_argument(
         "--parallel",
         choices=["none", "temporal"],
@@ -184,6 +191,10 @@ def _load(args):
             bundle.cache = dataclasses.replace(bundle.cache, sink_bias=args.sink_bias)
         except ConfigError as e:
             raise CliError(f"--sink-bias: {e}") from None
+    if getattr(args, "positions", None) is not None:
+        import dataclasses
+
+        bundle.cache = dataclasses.replace(bundle.cache, positions=args.positions)
     if args.compile:
         from .weights.loading import compile_dit
 

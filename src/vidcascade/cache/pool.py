@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from ..models.masks import inflight_mask, key_bias_mask
+from ..models.rope import rotate_time_, time_rotation
 from .layout import CacheIndexError, CommittedLayout
 
 
@@ -136,6 +137,24 @@ class KVPool:
                 d = slice(m + slot * tpf, m + (slot + 1) * tpf)
                 kt[:, :, d] = k[:, :, j * tpf : (j + 1) * tpf]
                 vt[:, :, d] = v[:, :, j * tpf : (j + 1) * tpf]
+
+    def rotate_keys(self, delta: int, part: str = "all") -> None:
+        """Move every stored key of ``part`` by ``delta`` frame positions (re-rotate its RoPE time
+        channels): "sink" = the sink's committed slots, "rest" = everything else (in-flight region
+        and window ring), "all" = both. Values carry no position and are not touched."""
+        if part not in ("sink", "rest", "all"):
+            raise ValueError(f"part must be sink, rest or all, got {part!r}")
+        if delta == 0:
+            return
+        head_dim = self.k[0].shape[-1]
+        cos, sin = time_rotation(head_dim, delta, self.device)
+        m = self.inflight_tokens
+        sink_end = m + self.layout.sink_frames * self.tokens_per_frame
+        ranges = {"sink": [slice(m, sink_end)], "rest": [slice(0, m), slice(sink_end, None)]}
+        ranges["all"] = [slice(None)]
+        for kt in self.k:
+            for r in ranges[part]:
+                rotate_time_(kt[:, :, r], cos, sin)
 
     def recache_view(self) -> RecacheKV:
         """The store for re-running every committed frame (slot order) under a new prompt."""

@@ -76,3 +76,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     s = sin[None, :, None, :]
     out = torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1)  # [B, N, H, D/2, 2]
     return out.flatten(-2).to(dtype)
+
+
+def time_rotation(
+    head_dim: int, delta: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [pt] of a shift by ``delta`` frame positions on the time part of the rotation
+    (any integer, negative too; angles computed in float64 as the tables are)."""
+    pt = rope_split(head_dim)[0]
+    angle = float(delta) * _axis_angles(2, pt)[1]  # delta * theta^(-2i/dim), [pt]
+    return angle.cos().float().to(device), angle.sin().float().to(device)
+
+
+def rotate_time_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """In place: rotate the time channels of already rotated keys x [B, H, N, Dh] further by the
+    angles cos/sin [pt] (``time_rotation``). Because RoPE is a rotation, a key stored at position
+    p and rotated by delta is the key at position p + delta; height and width parts are untouched."""
+    pt = cos.shape[0]
+    xt = x[..., : 2 * pt].float().unflatten(-1, (pt, 2))  # [B, H, N, pt, 2]
+    xr, xi = xt[..., 0], xt[..., 1]
+    out = torch.stack((xr * cos - xi * sin, xr * sin + xi * cos), dim=-1)  # [B, H, N, pt, 2]
+    x[..., : 2 * pt] = out.flatten(-2).to(x.dtype)

@@ -261,3 +261,43 @@ def test_session_length_limit_stops_it():
         stopped = c.next_event("stopped")
         assert stopped["reason"] == "limit" and stopped["blocks"] == 3
         c.close()
+
+
+def test_live_prompt_change_and_pause_resume():
+    with running_server(ServeConfig(pace=False)) as (state, host):
+        c = Client(f"ws://{host}/ws")
+        c.send({"type": "start", "prompt": RED, "level": 4, "switch_mode": "blend", "blend_blocks": 2})
+        c.next_event("block")
+        blue = "a blue square moving up"
+        c.send({"type": "prompt", "prompt": blue})
+        assert c.next_event("prompt_ack")["prompt"] == blue
+        seen = []
+        while not seen or seen[-1]["prompts"] != [blue] * 4 or seen[-1]["prompt_weights"] != [1.0] * 4:
+            seen.append(c.next_event("block"))
+            assert len(seen) < 30, "the new prompt never took full effect"
+        # The blend passed through partial weights on the way (blend mode reached the session).
+        assert any(0 < w < 1 for ev in seen for w in ev["prompt_weights"])
+        c.send({"type": "pause"})
+        assert c.next_event("paused")["type"] == "paused"
+        assert _wait(lambda: state.active._session.state == "paused")
+        c.send({"type": "resume"})
+        c.next_event("resumed")
+        n = c.next_event("block")["block"]
+        assert c.next_event("block")["block"] == n + 1
+        c.close()
+
+
+def test_simulated_viewer_and_effect_blocks():
+    from vidcascade.serve.figures import effect_blocks, simulate_viewer
+
+    # 4 fps, 1 s buffer: frames due at 1.0, 1.25, 1.5, 1.75; the third is late by 0.25 s.
+    v = simulate_viewer([0.0, 0.1, 1.75, 1.8], fps=4.0, buffer_s=1.0)
+    assert v == {"deadline_attainment": 0.5, "underruns": 1}
+    evs = [
+        {"block": 0, "prompts": ["a", "a"], "prompt_weights": [1.0, 1.0]},
+        {"block": 1, "prompts": ["a", "b"], "prompt_weights": [1.0, 0.5]},
+        {"block": 2, "prompts": ["b", "b"], "prompt_weights": [0.5, 1.0]},
+        {"block": 3, "prompts": ["b", "b"], "prompt_weights": [1.0, 1.0]},
+    ]
+    a, b = effect_blocks(evs, "b")
+    assert (a["block"], b["block"]) == (1, 3)

@@ -85,7 +85,7 @@ def test_page_streams_and_switches_prompt_live(tmp_path):
         blue = _wait_for(page, lambda s: s["blue"] > 0.01 and s["red"] < 0.005, "a blue object")
         assert blue["block"] - switched_at <= 8, (switched_at, blue)
         assert blue["prompt"] == "a blue square moving up"
-        page.wait_for_timeout(600)  # let the chart draw a few points
+        page.wait_for_timeout(2000)  # let the chart draw a few points
         shot = os.environ.get("VIDCASCADE_SCREENSHOT") or str(tmp_path / "serve.png")
         page.screenshot(path=shot)
 

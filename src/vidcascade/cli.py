@@ -336,9 +336,9 @@ def cmd_serve(args) -> int:
         raise CliError(f"--port must be in 1..65535, got {args.port}")
     if args.lag is not None:
         raise CliError("serve takes --level, not --lag")
-    from .serve.run import run_serve
+    from .serve import run
 
-    return run_serve(args, _load(args))
+    return run.run_serve_temporal(args) if args.parallel == "temporal" else run.run_serve(args, _load(args))
 
 
 COMMANDS = {

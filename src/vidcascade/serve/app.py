@@ -134,15 +134,17 @@ class Connection:
 
     def _hello(self) -> dict:
         st, b = self.state, self.state.bundle
-        h, w = b.latent_hw
+        levels, attentions = list(range(st.num_steps + 1)), ["causal", "bidirectional"]
+        if st.fixed_engine is not None:  # under torchrun: the one engine's level and attention
+            levels, attentions = [st.fixed_engine.level], [st.fixed_engine.cascade.attention]
         return {
             "type": "hello",
             "model": b.name,
             "fps": b.fps,
             "frames_per_block": b.sampling.frames_per_block,
-            "levels": list(range(st.num_steps + 1)),
+            "levels": levels,
             "default_level": st.default_level,
-            "attentions": ["causal", "bidirectional"],
+            "attentions": attentions,
             "default_attention": st.default_attention,
             "switch_modes": list(SWITCH_MODES),
             "busy": st.active is not None,
@@ -177,7 +179,7 @@ class Connection:
 
     def _handle(self, msg) -> None:
         w = self.worker
-        live = w is not None and w.is_alive() and not w.stopping
+        live = w is not None and not w.finished and not w.stopping
         if isinstance(msg, Start):
             if live:
                 raise ProtocolError("already_started", "this connection runs a session; stop it first")
@@ -193,7 +195,7 @@ class Connection:
                 )
                 return
             self.worker = worker
-            worker.start()
+            self.state.launch(worker)
             return
         if not live:
             what = type(msg).__name__.lower()

@@ -27,6 +27,14 @@ def add_serve_parsers(sub, add_model_args: Callable, add_cascade_args: Callable,
         help="generate as fast as possible instead of at most 1 s ahead of a real-time viewer",
     )
 
+    s.add_argument(
+        "--parallel",
+        choices=["none", "temporal"],
+        default="none",
+        help="temporal: under torchrun, rank 0 serves and every rank runs the session",
+    )
+    s.add_argument("--freshness", choices=["joint", "per_tick"], default="joint")
+
     t = sub.add_parser("loadtest", help="scripted clients against a running vidcascade serve (loopback)")
     t.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="the server's WebSocket URL")
     t.add_argument("--levels", type=levels, default=None, help="comma-separated levels (default: 0 and S)")

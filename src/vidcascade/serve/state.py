@@ -63,7 +63,10 @@ class ServerState:
         attention: str = "causal",
         max_engines: int = 2,
         max_recordings: int = 4,
+        fixed_engine=None,
     ) -> None:
+        """``fixed_engine``: under torchrun, the one DistEngine every session runs on (its level and
+        attention are the server's; a start asking for others is refused)."""
         self.bundle = bundle
         self.cfg = cfg
         self.num_steps = bundle.sampling.num_steps
@@ -73,6 +76,9 @@ class ServerState:
         self.max_engines = max_engines
         self.max_recordings = max_recordings
         self._engines: OrderedDict[tuple[int, str], object] = OrderedDict()
+        self.fixed_engine = fixed_engine
+        self.launch = lambda worker: worker.start()
+        """Runs a Worker: its own thread here; the Driver thread under torchrun."""
         self._engine_lock = threading.Lock()
         self._slot_lock = threading.Lock()
         self.active = None  # the Worker holding the device, if any
@@ -94,6 +100,14 @@ class ServerState:
         from ..engine.engine import Engine
 
         key = (self.default_level if level is None else level, attention or self.default_attention)
+        if self.fixed_engine is not None:
+            eng = self.fixed_engine
+            if key != (eng.level, eng.cascade.attention):
+                raise ValueError(
+                    f"this server runs level P{eng.level} with {eng.cascade.attention} attention on "
+                    f"{eng.comm.world_size} ranks; got P{key[0]} {key[1]}"
+                )
+            return eng
         with self._engine_lock:
             if key in self._engines:
                 self._engines.move_to_end(key)

@@ -54,7 +54,9 @@ class Worker(threading.Thread):
         self._session = None
         self._pending: list[tuple] = []  # controls that arrived before the session existed
         self._halt = threading.Event()
-        self._paused = False
+        self.paused = False
+        self.finished = False
+        self.relay = None  # a dist.ControlRelay under torchrun: control goes through tick boundaries
         self.stop_reason = "end"
         self.blocks = 0
         self.blocks_after_cancel = 0
@@ -64,8 +66,14 @@ class Worker(threading.Thread):
     def stopping(self) -> bool:
         return self._halt.is_set()
 
+    def wait_halt(self, seconds: float) -> None:
+        self._halt.wait(seconds)
+
     # -- control, from the event loop thread ---------------------------------------------------
     def _apply(self, op: str, *args) -> None:
+        if self.relay is not None:
+            self.relay.put(op, args)
+            return
         with self._lock:
             if self._session is None:
                 self._pending.append((op, args))
@@ -77,11 +85,11 @@ class Worker(threading.Thread):
         self._apply("set_prompt", text, mode)
 
     def pause(self) -> None:
-        self._paused = True
+        self.paused = True
         self._apply("pause")
 
     def resume(self) -> None:
-        self._paused = False
+        self.paused = False
         self._apply("resume")
 
     def cancel(self, reason: str, drain: bool = False) -> None:
@@ -104,6 +112,7 @@ class Worker(threading.Thread):
             st.counters["session_errors"] += 1
             self.sink.event({"type": "error", "code": "engine", "message": f"{type(e).__name__}: {e}"})
         finally:
+            self.finished = True
             st.release(self)
             self.sink.event(
                 {
@@ -119,9 +128,10 @@ class Worker(threading.Thread):
     def _run(self) -> None:
         st, msg, cfg = self.state, self.start_msg, self.state.cfg
         engine = st.engine(msg.level, msg.attention)
-        session = engine.session(
-            msg.prompt, seed=msg.seed, switch_mode=msg.switch_mode, blend_blocks=msg.blend_blocks
-        )
+        args = {"seed": msg.seed, "switch_mode": msg.switch_mode, "blend_blocks": msg.blend_blocks}
+        if self.relay is not None:
+            self.relay.start({"prompt": msg.prompt, **args})
+        session = engine.session(msg.prompt, **args, on_boundary=self.relay and self.relay.hook)
         with self._lock:
             self._session = session
             pending, self._pending = self._pending, []
@@ -151,9 +161,9 @@ class Worker(threading.Thread):
         while True:
             if self.pace:
                 anchor, shown = self._wait_for_viewer(anchor, shown, fps, cfg.lead_s)
-            if self._halt.is_set() and self.stop_reason != "client":
-                break
             try:
+                # After a cancel this ends the session at the next tick boundary (stop was queued);
+                # it is not left unfinished, so that under torchrun every rank ends at that boundary.
                 out = next(it)
             except StopIteration:
                 break
@@ -161,7 +171,7 @@ class Worker(threading.Thread):
             if self._halt.is_set():
                 self.blocks_after_cancel += 1
                 if self.stop_reason != "client":
-                    break  # nobody to send it to
+                    continue  # nobody to send it to
             frames = out.frames[0]  # [T, H, W, 3]
             self._emit(out, frames, now - t0, None if last is None else now - last, session)
             last = now
@@ -172,14 +182,13 @@ class Worker(threading.Thread):
             if now - t0 > cfg.max_session_s or (
                 cfg.max_session_blocks is not None and self.blocks >= cfg.max_session_blocks
             ):
-                self.cancel("limit", drain=False)
-                break
+                self.cancel("limit", drain=False)  # the session ends at the next boundary
         st.counters["blocks_after_cancel"] += self.blocks_after_cancel
 
     def _wait_for_viewer(self, anchor: float, shown: int, fps: float, lead_s: float) -> tuple[float, int]:
         """Block while paused, or while the viewer still has more than ``lead_s`` of frames."""
-        if self._paused:
-            while self._paused and not self._halt.is_set():
+        if self.paused and self.relay is None:  # under torchrun the relay holds at the boundary
+            while self.paused and not self._halt.is_set():
                 self._halt.wait(0.05)
             return time.perf_counter(), 0  # after a pause the viewer's clock starts again
         ahead = shown / fps - (time.perf_counter() - anchor)

@@ -241,6 +241,19 @@ def test_disconnect_frees_the_engine():
         d.close()
 
 
+def test_disconnect_while_paused_frees_the_engine():
+    with running_server() as (state, host):
+        c = Client(f"ws://{host}/ws")
+        c.send({"type": "start", "prompt": RED})
+        c.next_event("block")
+        c.send({"type": "pause"})
+        c.next_event("paused")
+        worker = state.active
+        c.close()
+        worker.join(timeout=30)
+        assert not worker.is_alive() and state.active is None
+
+
 def test_token_is_required_when_set():
     with running_server(ServeConfig(token="s3cret")) as (state, host):
         for query in ("", "?token=wrong"):

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from ..scheduling.plan import LazyPlan, Tick
+from ..scheduling.plan import LazyPlan, Tick, steady_in_flight
 from .positions import RopePositions
 
 if TYPE_CHECKING:
@@ -201,7 +201,11 @@ class Session:
     def __iter__(self) -> Iterator[BlockOutput]:
         if self._started:
             raise RuntimeError("a session can be iterated once")
+        other = self.engine._active_session
+        if other is not None and other is not self and other.state != "stopped":
+            raise RuntimeError("this engine already runs a session (they share its K/V pool); stop it first")
         self._started = True
+        self.engine._active_session = self
         return self._run()
 
     def _boundary(self, tau: int) -> list[_Control]:
@@ -249,7 +253,7 @@ class Session:
             mode=eng.bundle.cache.positions,
             max_len=eng.bundle.dit.rope.max_len,
             refresh_gap=eng.bundle.cache.refresh_gap,
-            inflight_blocks=eng.pool.max_inflight_blocks,
+            inflight_blocks=steady_in_flight(eng.schedule.num_steps, eng.lag),
         )
         self.positions = positions
         decoder = eng.bundle.make_decoder() if self.decode else None

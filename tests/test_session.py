@@ -389,3 +389,22 @@ def test_session_runs_no_tick_ahead_of_its_consumer():
     assert eng.stats.ticks.maxlen is not None
     s.stop(drain=False)
     assert list(it) == []
+
+
+def test_sink_moved_every_block_gathers_no_rounding_in_bf16():
+    """Refresh moves the sink every block: each placement rotates the captured keys once, so
+    after 300 moves the bf16 sink equals the fp32 keys rotated once (to bf16 rounding)."""
+    from vidcascade.cache.pool import KVPool
+
+    pool = KVPool(
+        num_layers=1, batch=1, num_heads=2, head_dim=16, tokens_per_frame=4, frames_per_block=2,
+        max_inflight_blocks=1, sink_frames=2, window_frames=4, dtype=torch.bfloat16,
+    )  # fmt: skip
+    k = torch.randn(1, 2, 8, 16)
+    pool.commit_block(0, lambda layer: (k.bfloat16(), k.bfloat16()))
+    for shift in range(1, 301):
+        pool.place_sink(shift)
+    ref = k.bfloat16().float()
+    rotate_time_(ref, *time_rotation(16, 300))
+    m = pool.inflight_tokens
+    torch.testing.assert_close(pool.k[0][:, :, m : m + 8].float(), ref, rtol=0, atol=2e-2)

@@ -116,7 +116,10 @@ class Session:
         self.on_boundary = on_boundary
         """Called by the iterating thread at every tick boundary, with the index of the tick about
         to run, before control queued for that boundary is applied (a hook for tests and for
-        broadcasting control to other ranks)."""
+        broadcasting control to other ranks). Control calls made inside the hook apply at this
+        very boundary; a multi-rank run routes every control through it (rank 0 broadcasts what
+        arrived, then every rank calls the same methods in its hook), so that all ranks apply it
+        at the same boundary."""
         sched = engine.schedule
         self.plan = LazyPlan(sched.num_steps, engine.lag, engine.cascade.attention, engine.cascade.freshness)
         if max_blocks is not None:

@@ -278,3 +278,133 @@ def test_rebase_keeps_attention_scores_of_stored_keys():
     torch.testing.assert_close(k_moved, rotated(pos - 25), rtol=1e-5, atol=1e-5)
     scores = q @ k.transpose(-1, -2)
     torch.testing.assert_close(rotated(pos - 25) @ k_moved.transpose(-1, -2), scores, rtol=1e-5, atol=1e-4)
+
+
+def test_refresh_moves_only_the_sink_and_keeps_its_gap():
+    """RoPE refresh (gap 4 frames): blocks that ran before the sink first had to move equal the
+    exact run's bit for bit, later ones differ; the sink's stored keys are the exact run's rotated
+    forward by the shift, its values untouched; the gap ends at 4 frames."""
+    nb = 10
+    exact = Engine(_bundle(), CascadeConfig(level=0))
+    ref = _latents(list(exact.session("a red ball", seed=1, max_blocks=nb)))
+    eng = Engine(_bundle(positions="refresh", refresh_gap=4), CascadeConfig(level=0))
+    got = _latents(list(eng.session("a red ball", seed=1, max_blocks=nb)))
+    # Sink 2 + window 4 frames, 2 frames per block: after 6 commits (12 frames) the window's
+    # oldest frame is 8, 6 frames past the sink's end: block 6 is the first to see it moved.
+    assert torch.equal(got[:, :, : 6 * 2], ref[:, :, : 6 * 2])
+    assert not torch.allclose(got[:, :, 7 * 2 :], ref[:, :, 7 * 2 :])
+    ex = eng.executor
+    # The last tick started with 9 blocks committed: oldest window frame 14, sink gap 4.
+    assert 14 - (2 + ex.sink_shift) == 4
+    m, tpf = eng.pool.inflight_tokens, eng.pool.tokens_per_frame
+    sink = slice(m, m + 2 * tpf)
+    for layer in range(len(eng.pool.k)):
+        k_ref = exact.pool.k[layer][:, :, sink].clone()
+        rotate_time_(k_ref, *time_rotation(k_ref.shape[-1], ex.sink_shift))
+        torch.testing.assert_close(eng.pool.k[layer][:, :, sink], k_ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(eng.pool.v[layer][:, :, sink], exact.pool.v[layer][:, :, sink])
+
+
+@pytest.mark.parametrize("level", [0, 3])
+def test_refresh_with_rebases_equals_refresh_on_a_large_table(level):
+    nb = 20
+    big = _with_table(_bundle(positions="refresh", refresh_gap=4), 1024)
+    ref = _latents(list(Engine(big, CascadeConfig(level=level)).session("a red ball", seed=2, max_blocks=nb)))
+    small = _with_table(_bundle(positions="refresh", refresh_gap=4), 24)
+    s = Engine(small, CascadeConfig(level=level)).session("a red ball", seed=2, max_blocks=nb)
+    got = _latents(list(s))
+    assert s.positions.rebases >= 2
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_recache_after_rebases_keeps_running():
+    """A re-cache after exact rebases moved the sink below position 0 re-encodes it in the table
+    and stays close to the large table's run (not exact: the re-cache forward sees the sink
+    nearer); the first blocks are unaffected."""
+    nb = 20
+    kw = dict(level=3, switch_mode="recache")
+    big = _with_table(_bundle(), 1024)
+    ref = Engine(big, CascadeConfig(**kw)).generate("a red ball", nb, seed=2, switches=[(15, "a blue box")])
+    small = _with_table(_bundle(), 20)
+    got = Engine(small, CascadeConfig(**kw)).generate("a red ball", nb, seed=2, switches=[(15, "a blue box")])
+    torch.testing.assert_close(got.latents[:, :, :20], ref.latents[:, :, :20], rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(got.latents).all()
+
+
+def test_control_from_another_thread_while_iterating():
+    """A thread hammers the controls while the session runs: blocks still come in order, every
+    block's prompts are prompts that were sent, and the session ends cleanly on stop."""
+    bundle = _bundle()
+    eng = Engine(bundle, CascadeConfig(level=3))
+    s = eng.session("p0", seed=0)
+    sent = {"p0"}
+    done = threading.Event()
+
+    def hammer():
+        i = 0
+        while not done.is_set() and i < 200:
+            i += 1
+            text = f"p{i % 5}"
+            sent.add(text)
+            s.set_prompt(text, mode=("no-recache", "recache", "blend")[i % 3])
+            if i % 7 == 0:
+                s.pause()
+                s.resume()
+            assert s.state in ("running", "paused", "stopping", "stopped")
+            _ = s.in_flight
+        s.stop(drain=True)
+
+    th = threading.Thread(target=hammer)
+    th.start()
+    blocks = []
+    for out in s:
+        blocks.append(out.block)
+        assert set(out.prompts) <= sent
+        assert len(blocks) < 400
+    done.set()
+    th.join(30)
+    assert blocks == list(range(len(blocks))) and s.state == "stopped"
+    # A second session on the same engine is refused while one runs.
+    a = eng.session("x", seed=0)
+    it = iter(a)
+    next(it)
+    with pytest.raises(RuntimeError, match="already runs a session"):
+        iter(eng.session("y"))
+    a.stop(drain=False)
+    list(it)
+    assert a.state == "stopped"
+    assert len(list(eng.session("y", max_blocks=2))) == 2
+
+
+def test_session_runs_no_tick_ahead_of_its_consumer():
+    """Nothing piles up: a tick runs only when the consumer asks for the next block, and an
+    open-ended session keeps a bounded history."""
+    eng = Engine(_bundle(), CascadeConfig(level=3))  # lag 1, 3 steps: block 0 ready after tick 2
+    s = eng.session("a red ball")
+    it = iter(s)
+    assert next(it).block == 0
+    threading.Event().wait(0.05)
+    assert len(eng.stats.ticks) == 3 and s.next_tick == 3 and s.in_flight == [1, 2]
+    assert next(it).block == 1 and len(eng.stats.ticks) == 4
+    assert eng.stats.ticks.maxlen is not None
+    s.stop(drain=False)
+    assert list(it) == []
+
+
+def test_sink_moved_every_block_gathers_no_rounding_in_bf16():
+    """Refresh moves the sink every block: each placement rotates the captured keys once, so
+    after 300 moves the bf16 sink equals the fp32 keys rotated once (to bf16 rounding)."""
+    from vidcascade.cache.pool import KVPool
+
+    pool = KVPool(
+        num_layers=1, batch=1, num_heads=2, head_dim=16, tokens_per_frame=4, frames_per_block=2,
+        max_inflight_blocks=1, sink_frames=2, window_frames=4, dtype=torch.bfloat16,
+    )  # fmt: skip
+    k = torch.randn(1, 2, 8, 16)
+    pool.commit_block(0, lambda layer: (k.bfloat16(), k.bfloat16()))
+    for shift in range(1, 301):
+        pool.place_sink(shift)
+    ref = k.bfloat16().float()
+    rotate_time_(ref, *time_rotation(16, 300))
+    m = pool.inflight_tokens
+    torch.testing.assert_close(pool.k[0][:, :, m : m + 8].float(), ref, rtol=0, atol=2e-2)

@@ -150,6 +150,7 @@ class Engine:
         self.stats = RunStats()
         self._text_kv_memo: dict[str, list] = {}
         self._context_memo: dict[str, torch.Tensor] = {}
+        self._active_session: Session | None = None
 
     def _inflight_capacity(self) -> int:
         """In-flight blocks the K/V pool must hold (a subclass that lays the tier out otherwise

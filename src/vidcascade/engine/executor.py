@@ -117,13 +117,14 @@ class Executor:
     def rebase(self, delta: int) -> None:
         """Exact rebase: every stored key moves ``delta`` positions back and later frames run at
         positions ``delta`` lower, so every attention score stays what it was."""
-        self.pool.rotate_keys(-delta, "all")
+        self.pool.rotate_keys(-delta)
         self.rope_offset += delta
+        self.pool.place_sink(self.sink_shift - self.rope_offset)
 
     def shift_sink(self, delta: int) -> None:
         """Move the sink's stored keys ``delta`` positions forward (RoPE refresh)."""
-        self.pool.rotate_keys(delta, "sink")
         self.sink_shift += delta
+        self.pool.place_sink(self.sink_shift - self.rope_offset)
 
     # -- ticks -----------------------------------------------------------------------------------
 
@@ -213,16 +214,16 @@ class Executor:
         sink = self.pool.layout.sink_frames
         pos = [f - self.rope_offset + (self.sink_shift if f < sink else 0) for f in frames]
         # After exact rebases the sink may sit before position 0, outside the table: re-encode it
-        # right behind the window (as refresh places it), then move its keys back where they were.
-        back = 0
+        # right behind the window (as refresh places it), then move its keys where they belong.
         if pos and min(pos) < 0:
             window = [p for f, p in zip(frames, pos) if f >= sink]
             back = min(pos) - (min(window) - sink)
             pos = [p - back if f < sink else p for f, p in zip(frames, pos)]
         pos_t = torch.tensor(pos, device=self.device)
         self.model(x, t, text_kv=text_kv, frame_pos=pos_t, kv=self.pool.recache_view())
-        if back:
-            self.pool.rotate_keys(back, "sink")
+        if sink and frames[0] == 0 and len(frames) >= sink:
+            self.pool.capture_sink(pos[0])
+            self.pool.place_sink(self.sink_shift - self.rope_offset)
         self.counters.forwards += 1
         self.counters.recache_forwards += 1
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from ..scheduling.plan import LazyPlan, Tick
+from ..scheduling.plan import LazyPlan, Tick, steady_in_flight
 from .positions import RopePositions
 
 if TYPE_CHECKING:
@@ -116,7 +116,10 @@ class Session:
         self.on_boundary = on_boundary
         """Called by the iterating thread at every tick boundary, with the index of the tick about
         to run, before control queued for that boundary is applied (a hook for tests and for
-        broadcasting control to other ranks)."""
+        broadcasting control to other ranks). Control calls made inside the hook apply at this
+        very boundary; a multi-rank run routes every control through it (rank 0 broadcasts what
+        arrived, then every rank calls the same methods in its hook), so that all ranks apply it
+        at the same boundary."""
         sched = engine.schedule
         self.plan = LazyPlan(sched.num_steps, engine.lag, engine.cascade.attention, engine.cascade.freshness)
         if max_blocks is not None:
@@ -201,7 +204,11 @@ class Session:
     def __iter__(self) -> Iterator[BlockOutput]:
         if self._started:
             raise RuntimeError("a session can be iterated once")
+        other = self.engine._active_session
+        if other is not None and other is not self and other.state != "stopped":
+            raise RuntimeError("this engine already runs a session (they share its K/V pool); stop it first")
         self._started = True
+        self.engine._active_session = self
         return self._run()
 
     def _boundary(self, tau: int) -> list[_Control]:
@@ -249,7 +256,7 @@ class Session:
             mode=eng.bundle.cache.positions,
             max_len=eng.bundle.dit.rope.max_len,
             refresh_gap=eng.bundle.cache.refresh_gap,
-            inflight_blocks=eng.pool.max_inflight_blocks,
+            inflight_blocks=steady_in_flight(eng.schedule.num_steps, eng.lag),
         )
         self.positions = positions
         decoder = eng.bundle.make_decoder() if self.decode else None

@@ -53,6 +53,8 @@ class RopeTables:
                 f"frame position {int(frame_pos.max())} is beyond the RoPE table of {self.max_len} "
                 "positions; raise ModelConfig.rope_max_frames or use a rolling cache with fewer frames"
             )
+        if frame_pos.device.type == "cpu" and frame_pos.numel() and int(frame_pos.min()) < 0:
+            raise ValueError(f"frame position {int(frame_pos.min())} is below 0, where the RoPE table starts")
         if height > self.max_len or width > self.max_len:
             raise ValueError(f"latent grid {height}x{width} exceeds the RoPE table of {self.max_len}")
         coss, sins = self._tables(frame_pos.device)

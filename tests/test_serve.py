@@ -314,3 +314,30 @@ def test_simulated_viewer_and_effect_blocks():
     ]
     a, b = effect_blocks(evs, "b")
     assert (a["block"], b["block"]) == (1, 3)
+
+
+def test_serve_command_warns_off_loopback_and_reads_the_token_env(monkeypatch, caplog):
+    import uvicorn
+
+    from _serving import embedded_bundle
+    from vidcascade.cli import build_parser
+    from vidcascade.serve import run
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    monkeypatch.setenv("VIDCASCADE_TOKEN", "from-env")
+    seen = {}
+    real = run.build_state
+
+    def spy(bundle, args, fixed_engine=None):
+        seen["state"] = real(bundle, args, fixed_engine)
+        return seen["state"]
+
+    monkeypatch.setattr(run, "build_state", spy)
+    args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "8123"])
+    with caplog.at_level("INFO"):
+        assert run.run_serve(args, embedded_bundle()) == 0
+    assert calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 8123
+    assert seen["state"].cfg.token == "from-env" and seen["state"].ready
+    assert any(r.levelname == "WARNING" and "0.0.0.0" in r.message for r in caplog.records)
+    assert any("ready: open http://0.0.0.0:8123/?token=..." in r.message for r in caplog.records)

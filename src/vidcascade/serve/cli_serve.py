@@ -38,8 +38,10 @@ def add_serve_parsers(sub, add_model_args: Callable, add_cascade_args: Callable,
     t = sub.add_parser("loadtest", help="scripted clients against a running vidcascade serve (loopback)")
     t.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="the server's WebSocket URL")
     t.add_argument("--levels", type=levels, default=None, help="comma-separated levels (default: 0 and S)")
-    t.add_argument("--blocks", type=int, default=24, help="blocks per measured session")
-    t.add_argument("--switch-at", type=int, default=8, help="send the prompt change after this block")
+    t.add_argument("--blocks", type=int, default=40, help="blocks per measured session")
+    t.add_argument(
+        "--switch-every", type=int, default=10, help="change the prompt (back and forth) every N blocks"
+    )
     t.add_argument("--buffer-s", type=float, default=0.5, help="start-up buffer of the simulated viewer")
     t.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write results as JSON")
     t.add_argument("--skip-robustness", action="store_true", help="only the per-level figures")

@@ -17,6 +17,8 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from .figures import effect_blocks, percentiles, real_time_factor, simulate_viewer
 from .protocol import parse_frame
 
@@ -79,25 +81,27 @@ def _http_json(base: str, path: str) -> dict:
         return json.loads(r.read())
 
 
-def _session(url: str, level: int, mode: str, blocks: int, switch_at: int | None, pace: bool) -> dict:
-    """One session; returns its raw timings (seconds from ``start``) and block events."""
+def _session(url: str, level: int, mode: str, blocks: int, every: int | None, pace: bool) -> dict:
+    """One session; with ``every``, the prompt alternates B, A, B, ... after every ``every`` blocks.
+    Returns its raw timings (seconds from the connection) and block events."""
     c = _Client(url)
     hello = c.pump(lambda e: e["type"] == "hello")
     t_start = c.send({"type": "start", "prompt": PROMPT_A, "level": level, "switch_mode": mode, "pace": pace})
-    t_switch, in_flight = None, None
     ok = c.pump(lambda e: e["type"] in ("started", "busy", "error"))
     if ok is None or ok["type"] != "started":
         c.close()
         raise RuntimeError(f"the server did not start a session: {ok}")
+    switches = []  # (time sent, target prompt, blocks received before it, in flight then)
     n = 0
     while n < blocks:
         ev = c.pump(lambda e: e["type"] in ("block", "stopped", "error"))
         if ev is None or ev["type"] != "block":
             raise RuntimeError(f"session ended early: {ev}")
         n += 1
-        if switch_at is not None and n == switch_at:
-            in_flight = ev["in_flight"]
-            t_switch = c.send({"type": "prompt", "prompt": PROMPT_B, "mode": mode})
+        if every is not None and n % every == 0 and n + every <= blocks:
+            target = PROMPT_B if len(switches) % 2 == 0 else PROMPT_A
+            t = c.send({"type": "prompt", "prompt": target, "mode": mode})
+            switches.append((t, target, n, ev["in_flight"]))
     c.pump(lambda e: e["type"] == "block")  # the frames of the last block come after its event
     c.send({"type": "stop"})
     c.pump(lambda e: e["type"] == "stopped")
@@ -105,8 +109,7 @@ def _session(url: str, level: int, mode: str, blocks: int, switch_at: int | None
     return {
         "hello": hello,
         "t_start": t_start,
-        "t_switch": t_switch,
-        "in_flight_at_switch": in_flight,
+        "switches": switches,
         "blocks": c.blocks()[:blocks],
         "frame_at": c.frame_at,
     }
@@ -127,28 +130,52 @@ def _stream_figures(run: dict, buffer_s: float) -> dict:
 
 
 def _effect(run: dict) -> dict:
-    a, b = effect_blocks(run["blocks"], PROMPT_B)
-    sw = run["t_switch"]
+    """Input-to-effect of each prompt change in the session, and their medians."""
+    samples = []
+    for t, target, n, in_flight in run["switches"]:
+        a, b = effect_blocks(run["blocks"][n:], target)
 
-    def at(ev):
-        return None if ev is None else run["frame_at"][ev["block"]] - run["t_start"] - sw
+        def at(ev, t=t):
+            return None if ev is None else run["frame_at"][ev["block"]] - t
+
+        samples.append(
+            {
+                "any_s": at(a),
+                "all_s": at(b),
+                "after_block": n - 1,
+                "in_flight": in_flight,
+                "any_block": a and a["block"],
+                "all_block": b and b["block"],
+            }
+        )
+
+    def median(key):
+        xs = [s[key] for s in samples if s[key] is not None]
+        return float(np.median(xs)) if len(xs) == len(samples) and xs else None
 
     return {
-        "any_s": at(a),
-        "all_s": at(b),
-        "any_block": a and a["block"],
-        "all_block": b and b["block"],
-        "in_flight_at_switch": run["in_flight_at_switch"],
+        "any_s": median("any_s"),
+        "all_s": median("all_s"),
+        "in_flight": median("in_flight"),
+        "any_blocks": median_blocks(samples, "any_block"),
+        "all_blocks": median_blocks(samples, "all_block"),
+        "samples": samples,
     }
 
 
-def measure_level(url: str, level: int, blocks: int, switch_at: int, buffer_s: float) -> dict:
+def median_blocks(samples: list[dict], key: str) -> float | None:
+    """Median count of blocks from the last block before the change to the effect block."""
+    xs = [s[key] - s["after_block"] for s in samples if s[key] is not None]
+    return float(np.median(xs)) if xs and len(xs) == len(samples) else None
+
+
+def measure_level(url: str, level: int, blocks: int, every: int, buffer_s: float) -> dict:
     out: dict = {"level": level}
     unpaced = _session(url, level, "no-recache", blocks, None, pace=False)
     out["unpaced"] = _stream_figures(unpaced, buffer_s)
     out["modes"] = {}
     for mode in MODES:
-        run = _session(url, level, mode, blocks, switch_at, pace=True)
+        run = _session(url, level, mode, blocks, every, pace=True)
         out["modes"][mode] = {"stream": _stream_figures(run, buffer_s), "effect": _effect(run)}
         log.info("level P%d %s: %s", level, mode, out["modes"][mode]["effect"])
     out["paced"] = out["modes"]["no-recache"]["stream"]
@@ -259,13 +286,17 @@ def _ms(x) -> str:
     return "-" if x is None else f"{1000 * x:.0f}"
 
 
+def _num(x) -> str:
+    return "-" if x is None else f"{x:g}"
+
+
 def format_report(rep: dict) -> str:
     m = rep["machine"]
     lines = [
         f"serving figures: model {rep['model']} on {m.get('gpu', m['processor'])} ({m['device']}, "
         f"{m['torch_threads']} torch threads), {rep['fps']:g} fps, viewer start-up buffer "
-        f"{rep['buffer_s']:g} s, {rep['blocks']} blocks per session, prompt change after block "
-        f"{rep['switch_at']}",
+        f"{rep['buffer_s']:g} s, {rep['blocks']} blocks per session, a prompt change every "
+        f"{rep['switch_every']} blocks",
         "",
         "level  pacing   TTFF ms  gap p50/p95/p99 ms  RTF    deadline  underruns",
     ]
@@ -282,15 +313,17 @@ def format_report(rep: dict) -> str:
             )
     lines += [
         "",
-        "input-to-effect (paced; from the prompt message to the first frame's arrival)",
-        "level  mode         in flight  (a) any step ms  (b) entirely ms  (a)/(b) block",
+        "input-to-effect (paced; prompt message to the first frame's arrival; median of "
+        f"{len(rep['levels'][0]['modes']['no-recache']['effect']['samples'])} changes)",
+        "level  mode         in flight  (a) any step ms  (b) entirely ms  (a)/(b) blocks later",
     ]
     for row in rep["levels"]:
         for mode, r in row["modes"].items():
             e = r["effect"]
+            blocks = f"{_num(e['any_blocks'])}/{_num(e['all_blocks'])}"
             lines.append(
-                f"P{row['level']:<5} {mode:<12} {e['in_flight_at_switch']!s:>9}  {_ms(e['any_s']):>15}  "
-                f"{_ms(e['all_s']):>15}  {e['any_block']!s:>5}/{e['all_block']!s}"
+                f"P{row['level']:<5} {mode:<12} {_num(e['in_flight']):>9}  {_ms(e['any_s']):>15}  "
+                f"{_ms(e['all_s']):>15}  {blocks:>10}"
             )
     rob = rep.get("robustness")
     if rob:
@@ -316,8 +349,10 @@ def run_loadtest(args) -> int:
         raise ValueError(
             f"--url must be a ws:// URL on loopback (the load test talks to a local server), got {args.url!r}"
         )
-    if args.blocks <= args.switch_at + 1 or args.switch_at < 1:
-        raise ValueError(f"need 1 <= --switch-at < --blocks - 1, got {args.switch_at} and {args.blocks}")
+    if args.switch_every < 1 or args.blocks < 2 * args.switch_every:
+        raise ValueError(
+            f"need --switch-every >= 1 and --blocks >= 2 x it, got {args.switch_every} and {args.blocks}"
+        )
     base = f"http://{u.netloc}"
     try:
         metrics = _http_json(base, "/metrics")
@@ -333,13 +368,13 @@ def run_loadtest(args) -> int:
         "machine": metrics["machine"],
         "buffer_s": args.buffer_s,
         "blocks": args.blocks,
-        "switch_at": args.switch_at,
+        "switch_every": args.switch_every,
         "levels": [],
     }
     for level in levels:
         if level not in hello["levels"]:
             raise ValueError(f"--levels: the model has levels {hello['levels']}, got {level}")
-        rep["levels"].append(measure_level(args.url, level, args.blocks, args.switch_at, args.buffer_s))
+        rep["levels"].append(measure_level(args.url, level, args.blocks, args.switch_every, args.buffer_s))
     if not args.skip_robustness:
         rep["robustness"] = robustness(args.url, base)
     print(format_report(rep))

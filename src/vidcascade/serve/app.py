@@ -94,6 +94,18 @@ def _mp4(jpegs: list[bytes], fps: float) -> bytes:
         return path.read_bytes()
 
 
+def _handover(loop: asyncio.AbstractEventLoop, put):
+    """A callable for the worker thread that runs ``put(item)`` on the event loop."""
+
+    def call(item) -> None:
+        try:
+            loop.call_soon_threadsafe(put, item)
+        except RuntimeError:  # the loop has closed (server shutting down): nobody to send to
+            pass
+
+    return call
+
+
 class Connection:
     """One WebSocket client: validates its messages, owns at most one Worker at a time."""
 
@@ -118,10 +130,8 @@ class Connection:
         st.connections += 1
         sender = asyncio.create_task(self._send_loop())
         self.outbox.put_event(self._hello())
-        self.sink = Sink(
-            event=lambda e: loop.call_soon_threadsafe(self.outbox.put_event, e),
-            frame=lambda b: loop.call_soon_threadsafe(self.outbox.put_frame, b),
-        )
+        box = self.outbox
+        self.sink = Sink(event=_handover(loop, box.put_event), frame=_handover(loop, box.put_frame))
         try:
             await self._receive_loop()
         finally:

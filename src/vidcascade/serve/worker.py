@@ -60,7 +60,7 @@ class Worker(threading.Thread):
         self.stop_reason = "end"
         self.blocks = 0
         self.blocks_after_cancel = 0
-        self.recording = state.recording(sid)
+        self.recording = None  # made when the session starts (a refused start keeps none)
 
     @property
     def stopping(self) -> bool:
@@ -128,6 +128,7 @@ class Worker(threading.Thread):
     def _run(self) -> None:
         st, msg, cfg = self.state, self.start_msg, self.state.cfg
         engine = st.engine(msg.level, msg.attention)
+        self.recording = st.recording(self.sid)
         args = {"seed": msg.seed, "switch_mode": msg.switch_mode, "blend_blocks": msg.blend_blocks}
         if self.relay is not None:
             self.relay.start({"prompt": msg.prompt, **args})

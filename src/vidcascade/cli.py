@@ -71,6 +71,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "(default: the model's own setting)",
     )
     p.add_argument(
+        "--positions",
+        choices=["exact", "refresh"],
+        default=None,
+        help="RoPE positions past the model's table: exact rebase or refresh (sink kept near the "
+        "window) (default: the model's own setting)",
+    )
+    p.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "bfloat16", "float16"],
@@ -116,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BLOCK:PROMPT",
         help="switch to PROMPT when BLOCK starts (repeatable)",
     )
-    g.add_argument("--switch-mode", choices=["no-recache", "recache"], default="no-recache")
+    g.add_argument("--switch-mode", choices=["no-recache", "recache", "blend"], default="no-recache")
     g.add_argument(
         "--parallel",
         choices=["none", "temporal"],
@@ -173,10 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the report as JSON")
 
     from .eval.cli_eval import add_eval_parser
+    from .serve.cli_serve import add_serve_parsers
     from .training.cli_train import add_train_parser
 
     add_eval_parser(sub, _add_model_args, _levels)
     add_train_parser(sub)
+    add_serve_parsers(sub, _add_model_args, _add_cascade_args, _levels)
     _debug_everywhere(ap)
     return ap
 
@@ -273,6 +282,10 @@ def _load(args):
             bundle.cache = dataclasses.replace(bundle.cache, sink_bias=args.sink_bias)
         except ConfigError as e:
             raise CliError(f"--sink-bias: {e}") from None
+    if getattr(args, "positions", None) is not None:
+        import dataclasses
+
+        bundle.cache = dataclasses.replace(bundle.cache, positions=args.positions)
     if args.compile:
         from .weights.loading import compile_dit
 
@@ -371,6 +384,20 @@ def cmd_train(args) -> int:
     return run(args)
 
 
+def cmd_serve(args) -> int:
+    if args.cmd == "loadtest":
+        from .serve.loadtest import run_loadtest
+
+        return run_loadtest(args)
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port must be in 1..65535, got {args.port}")
+    if args.lag is not None:
+        raise CliError("serve takes --level, not --lag")
+    from .serve import run
+
+    return run.run_serve_temporal(args) if args.parallel == "temporal" else run.run_serve(args, _load(args))
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "plan": cmd_plan,
@@ -378,6 +405,8 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "eval": cmd_eval,
     "train": cmd_train,
+    "serve": cmd_serve,
+    "loadtest": cmd_serve,
 }
 
 

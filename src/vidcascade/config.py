@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 AttentionMode = Literal["causal", "bidirectional"]
-SwitchMode = Literal["no-recache", "recache"]
+SwitchMode = Literal["no-recache", "recache", "blend"]
+PositionMode = Literal["exact", "refresh"]
 SamplerKind = Literal["renoise", "euler"]
 Freshness = Literal["joint", "per_tick"]
 
@@ -198,8 +199,22 @@ class CacheConfig:
     attention). Above 0 every block looks back at the video's first block more than at the recent
     ones, which keeps long videos of a small model on prompt; the model's default comes from its
     bundle."""
+    positions: PositionMode = "exact"
+    """RoPE positions of streams longer than the table: exact (re-rotate every cached key back
+    when the table would run out: attention unchanged) or refresh (the same, and the sink is kept
+    at most ``refresh_gap`` frames behind the window). See engine/positions.py."""
+    refresh_gap: int = 150
+    """refresh: most frames between the sink and the oldest window frame (the embedded model was
+    trained with gaps up to 150 frames)."""
 
     def __post_init__(self) -> None:
+        _choice("positions", self.positions, ("exact", "refresh"))
+        _check(
+            isinstance(self.refresh_gap, int)
+            and not isinstance(self.refresh_gap, bool)
+            and self.refresh_gap >= 0,
+            f"refresh_gap must be an integer >= 0 (frames), got {self.refresh_gap!r}",
+        )
         _check(
             isinstance(self.sink_frames, int) and self.sink_frames >= 0,
             f"sink_frames must be an integer >= 0, got {self.sink_frames!r}",
@@ -229,7 +244,8 @@ class CascadeConfig:
     attention: AttentionMode = "causal"
     """Cross-block attention among in-flight blocks: causal or bidirectional."""
     switch_mode: SwitchMode = "no-recache"
-    """What a prompt switch does: no-recache (cascade) or recache (LongLive baseline)."""
+    """What a prompt switch does: no-recache (cascade), recache (LongLive baseline) or blend (the
+    encoded prompt moves from old to new over a few blocks; engine/session.py)."""
     freshness: Freshness = "joint"
     """Multi-process only: joint (exact) or per_tick (in-flight K/V one tick stale)."""
 
@@ -247,7 +263,7 @@ class CascadeConfig:
         _check(self.level is None or self.level >= 0, f"level must be >= 0, got {self.level}")
         _check(self.lag is None or self.lag >= 1, f"lag must be >= 1, got {self.lag}")
         _choice("attention", self.attention, ("causal", "bidirectional"))
-        _choice("switch_mode", self.switch_mode, ("no-recache", "recache"))
+        _choice("switch_mode", self.switch_mode, ("no-recache", "recache", "blend"))
         _choice("freshness", self.freshness, ("joint", "per_tick"))
 
     def resolve_lag(self, num_steps: int) -> int:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from ..models.masks import inflight_mask, key_bias_mask
+from ..models.rope import rotate_time_, time_rotation
 from .layout import CacheIndexError, CommittedLayout
 
 
@@ -56,6 +57,8 @@ class KVPool:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self._masks: dict[tuple[int, int, bool, int], torch.Tensor | None] = {}
+        self._sink_keys: list[torch.Tensor] | None = None  # see capture_sink
+        self._sink_keys_shift = 0
 
     @property
     def device(self) -> torch.device:
@@ -71,6 +74,7 @@ class KVPool:
         """Start a new video: forget committed frames (tensors are overwritten, not zeroed)."""
         self.layout.reset()
         self.sink_on_prompt = True
+        self._sink_keys = None
 
     def sink_bias_tokens(self, committed_tokens: int | None = None) -> int:
         """Committed tokens whose logits ``sink_bias`` raises with ``committed_tokens`` valid (default:
@@ -136,6 +140,43 @@ class KVPool:
                 d = slice(m + slot * tpf, m + (slot + 1) * tpf)
                 kt[:, :, d] = k[:, :, j * tpf : (j + 1) * tpf]
                 vt[:, :, d] = v[:, :, j * tpf : (j + 1) * tpf]
+        sink = self.layout.sink_frames
+        if sink and first_frame < sink <= first_frame + self.frames_per_block:
+            self.capture_sink(0)  # the sink is complete, committed at its frames' own positions
+
+    def rotate_keys(self, delta: int) -> None:
+        """Move every stored key except the sink's by ``delta`` frame positions (re-rotate the RoPE
+        time channels of the in-flight region and the window ring). Values carry no position."""
+        if delta == 0:
+            return
+        cos, sin = time_rotation(self.k[0].shape[-1], delta, self.device)
+        m = self.inflight_tokens
+        sink_end = m + self.layout.sink_frames * self.tokens_per_frame
+        for kt in self.k:
+            rotate_time_(kt[:, :, :m], cos, sin)
+            rotate_time_(kt[:, :, sink_end:], cos, sin)
+
+    def _sink_range(self) -> slice:
+        m = self.inflight_tokens
+        return slice(m, m + self.layout.sink_frames * self.tokens_per_frame)
+
+    def capture_sink(self, shift: int = 0) -> None:
+        """Keep the sink's keys as stored now, when frame f's sink keys sit at position f + shift,
+        so that ``place_sink`` always rotates these once (a sink moved every block would otherwise
+        gather a rounding error per move, in bf16 soon visible)."""
+        r = self._sink_range()
+        self._sink_keys = [kt[:, :, r].clone() for kt in self.k]
+        self._sink_keys_shift = shift
+
+    def place_sink(self, shift: int) -> None:
+        """Store the sink's keys at positions f + ``shift`` (from the captured copy)."""
+        if self.layout.sink_frames == 0 or self._sink_keys is None:
+            return
+        cos, sin = time_rotation(self.k[0].shape[-1], shift - self._sink_keys_shift, self.device)
+        r = self._sink_range()
+        for kt, k0 in zip(self.k, self._sink_keys):
+            kt[:, :, r] = k0
+            rotate_time_(kt[:, :, r], cos, sin)
 
     def recache_view(self) -> RecacheKV:
         """The store for re-running every committed frame (slot order) under a new prompt."""

@@ -1,9 +1,11 @@
 """The engine of one rank of a temporally parallel job.
 
-``DistEngine`` is ``Engine`` with a ``DistExecutor``: the same plan, prompt switches, re-cache and
-streaming. Every rank runs ``stream`` with the same arguments; only rank 0 receives finished
-blocks, decodes them and yields them (the other ranks' streams yield nothing and end when the plan
-ends). Each stream first checks that all ranks run the same job with the same weights.
+``DistEngine`` is ``Engine`` with a ``DistExecutor``: the same sessions, plan, prompt switches,
+re-cache and streaming. Every rank runs ``stream`` (or a ``session``) with the same arguments;
+only rank 0 receives finished blocks, decodes them and yields them (the other ranks' streams yield
+nothing and end when the plan ends). Each stream first checks that all ranks run the same job with
+the same weights. Live control of a session must reach every rank's session at the same tick
+boundary (the session's ``on_boundary`` hook is the place to broadcast it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from ..config import CascadeConfig
 from ..engine.engine import BlockOutput, Engine, PromptSwitch, Video
+from ..engine.session import Session
 from ..scheduling.plan import Plan, build_plan, steady_in_flight
 from ..weights.bundle import Bundle
 from .checks import check_ranks_agree, fingerprint, weights_checksum
@@ -35,6 +38,7 @@ class DistEngine(Engine):
         if comm.device != bundle.device:
             raise ValueError(f"rank {comm.rank} runs on {comm.device} but the model is on {bundle.device}")
         self._weights: dict | None = None
+        self._checked = False
 
     @property
     def max_local(self) -> int:
@@ -64,6 +68,16 @@ class DistEngine(Engine):
         fp = fingerprint(self, prompt, num_blocks, seed, switches, weights=self._weights)
         check_ranks_agree(self.comm, fp)
 
+    def session(self, prompt: str, *, seed: int = 0, max_blocks: int | None = None, **kwargs) -> Session:
+        """A session on every rank (call it with the same arguments on every rank)."""
+        if not self._checked:
+            self.check_ranks(prompt, max_blocks or 0, seed, ())
+        self._checked = False
+        return super().session(prompt, seed=seed, max_blocks=max_blocks, **kwargs)
+
+    def _session_finished(self) -> None:
+        self.executor.flush()
+
     def stream(
         self,
         prompt: str,
@@ -73,8 +87,8 @@ class DistEngine(Engine):
         switches: Sequence[PromptSwitch | tuple[int, str]] = (),
     ) -> Iterator[BlockOutput]:
         self.check_ranks(prompt, num_blocks, seed, switches)
+        self._checked = True  # the session stream() opens needs no second check
         yield from super().stream(prompt, num_blocks, seed=seed, switches=switches)
-        self.executor.flush()
 
     def generate(
         self,

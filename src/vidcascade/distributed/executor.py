@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.executor import Executor
+from ..models.rope import rotate_time_, time_rotation
 from ..models.wan_dit import TextKV
 from ..scheduling.plan import Tick
 from .comm import Comm, CommStats
@@ -89,6 +90,19 @@ class DistExecutor(Executor):
     def recache(self, text_kv: TextKV) -> None:
         self.flush()  # the committed tier must hold every commit so far
         super().recache(text_kv)
+
+    def rebase(self, delta: int) -> None:
+        """Exact rebase on this rank: pending commits first (their K/V has the old positions),
+        then the pool's keys and the previous tick's exchanged keys (per_tick reads them)."""
+        self.flush()
+        super().rebase(delta)
+        gathered = getattr(self.exchange, "gathered", None)
+        if gathered:
+            head_dim = self.pool.k[0].shape[-1]
+            cos, sin = time_rotation(head_dim, -delta, self.device)
+            for g in gathered:  # [R, 2 (k, v), B, H, T, Dh]
+                k = g[:, 0]
+                rotate_time_(k, cos, sin)
 
     def flush(self) -> None:
         """Finish any exchange still in flight (per_tick) and apply the commits it carries."""

@@ -1,13 +1,14 @@
 """Engine: plan -> ticks -> streamed frames, with prompt switches and timing.
 
-``Engine.stream`` yields each block's decoded frames as soon as the block's last denoising step
-has run (its clean x0 is final), in block order. ``generate`` collects them.
+``Engine.session`` is the one code path: an open-ended stream steered while it runs
+(engine/session.py). ``Engine.stream`` is a session that ends after N blocks with its prompt
+switches scheduled in advance; it yields each block's decoded frames as soon as the block's last
+denoising step has run (its clean x0 is final), in block order. ``generate`` collects them.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from ..scheduling.plan import Plan, build_plan, steady_in_flight
 from ..scheduling.timesteps import make_schedule
 from ..weights.bundle import Bundle
 from .executor import Counters, Executor
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class PromptSwitch:
 
 @dataclass
 class BlockOutput:
+    """One finished block of a stream."""
+
     block: int
     latents: torch.Tensor
     """Clean latents [B, C, fpb, h, w] (on the CPU)."""
@@ -50,6 +54,15 @@ class BlockOutput:
     latency_s: float
     """Seconds from the block's first forward until its frames were decoded."""
     prompt: str
+    """The prompt of the tick that finished the block (the target of a blend in progress)."""
+    prompts: tuple[str, ...] = ()
+    """The prompt each of the block's denoising ticks ran under, in order (S entries; under a
+    blend, the prompt the conditioning was moving to)."""
+    prompt_weights: tuple[float, ...] = ()
+    """Per denoising tick, the weight of ``prompts[i]`` in the conditioning (1.0 = entirely that
+    prompt; below 1 during a blend, the rest being the context the blend started from)."""
+    tick_seconds: tuple[float, ...] = ()
+    """Wall time of each of the block's denoising ticks (the whole tick: every block in it)."""
 
 
 @dataclass
@@ -136,6 +149,8 @@ class Engine:
         )
         self.stats = RunStats()
         self._text_kv_memo: dict[str, list] = {}
+        self._context_memo: dict[str, torch.Tensor] = {}
+        self._active_session: Session | None = None
 
     def _inflight_capacity(self) -> int:
         """In-flight blocks the K/V pool must hold (a subclass that lays the tier out otherwise
@@ -152,20 +167,63 @@ class Engine:
     def plan(self, num_blocks: int) -> Plan:
         return build_plan(num_blocks, self.schedule.num_steps, self.lag, self.cascade.attention)
 
+    def text_context(self, prompt: str) -> torch.Tensor:
+        """The encoded prompt [1, L, text_dim] on the model's device (memoised)."""
+        if prompt not in self._context_memo:
+            if len(self._context_memo) > 32:
+                self._context_memo.clear()
+            self._context_memo[prompt] = self.bundle.text_encoder.encode([prompt]).to(self.bundle.device)
+        return self._context_memo[prompt]
+
+    def kv_of_context(self, ctx: torch.Tensor) -> list:
+        """Cross-attention K/V of every layer for an encoded prompt ``ctx`` [1, L, text_dim]."""
+        if self.bundle.sampling.guidance != 1.0:
+            # The empty context is all-zero text states, as the model saw under text dropout.
+            ctx = torch.cat([ctx, torch.zeros_like(ctx)])
+        with torch.no_grad():
+            kv = self.bundle.dit.text_kv(ctx)  # [2, ...] under guidance: text, then empty
+        if self.batch > 1:
+            kv = [tuple(t.repeat_interleave(self.batch, 0) for t in layer) for layer in kv]
+        return kv
+
     def text_kv(self, prompt: str) -> list:
+        """``kv_of_context(text_context(prompt))``, memoised per prompt."""
         if prompt not in self._text_kv_memo:
             if len(self._text_kv_memo) > 32:
                 self._text_kv_memo.clear()
-            ctx = self.bundle.text_encoder.encode([prompt]).to(self.bundle.device)
-            if self.bundle.sampling.guidance != 1.0:
-                # The empty context is all-zero text states, as the model saw under text dropout.
-                ctx = torch.cat([ctx, torch.zeros_like(ctx)])
-            with torch.no_grad():
-                kv = self.bundle.dit.text_kv(ctx)  # [2, ...] under guidance: text, then empty
-            if self.batch > 1:
-                kv = [tuple(t.repeat_interleave(self.batch, 0) for t in layer) for layer in kv]
-            self._text_kv_memo[prompt] = kv
+            self._text_kv_memo[prompt] = self.kv_of_context(self.text_context(prompt))
         return self._text_kv_memo[prompt]
+
+    def session(
+        self,
+        prompt: str,
+        *,
+        seed: int = 0,
+        switch_mode: str | None = None,
+        blend_blocks: int = 4,
+        max_blocks: int | None = None,
+        decode: bool = True,
+        on_boundary=None,
+    ) -> Session:
+        """An open-ended stream under ``prompt`` (see ``Session``): iterate it for BlockOutputs;
+        ``set_prompt`` / ``pause`` / ``resume`` / ``stop`` from any thread. ``switch_mode``: the
+        default mode of prompt changes (default: ``CascadeConfig.switch_mode``); ``blend_blocks``:
+        blocks a ``blend`` takes (blend_blocks * L ticks); ``max_blocks``: end after that many
+        blocks (None = until stopped); ``decode=False`` skips the VAE (empty ``frames``).
+        One session runs on an engine at a time (they share its K/V pool)."""
+        return Session(
+            self,
+            prompt,
+            seed=seed,
+            switch_mode=switch_mode,
+            blend_blocks=blend_blocks,
+            max_blocks=max_blocks,
+            decode=decode,
+            on_boundary=on_boundary,
+        )
+
+    def _session_finished(self) -> None:
+        """Called when a session's stream ended normally (a subclass finishes pending work)."""
 
     def stream(
         self,
@@ -179,66 +237,18 @@ class Engine:
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
         if not isinstance(num_blocks, int) or num_blocks < 1:
             raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
-        frames = num_blocks * self.bundle.sampling.frames_per_block
-        if frames > self.bundle.dit.cfg.rope_max_frames:
-            raise ValueError(
-                f"{num_blocks} blocks are {frames} latent frames, beyond the model's RoPE table of "
-                f"{self.bundle.dit.cfg.rope_max_frames} frame positions"
-            )
         sw = [s if isinstance(s, PromptSwitch) else PromptSwitch(*s) for s in switches]
-        by_block = {}
+        seen = set()
         for s in sw:
             if s.block >= num_blocks:
                 raise ValueError(f"switch at block {s.block} but the video has blocks 0..{num_blocks - 1}")
-            if s.block in by_block:
+            if s.block in seen:
                 raise ValueError(f"two prompt switches at block {s.block}")
-            by_block[s.block] = s.prompt
-
-        plan = self.plan(num_blocks)
-        ex = self.executor
-        ex.reset(seed)
-        decoder = self.bundle.make_decoder()
-        decoder.reset()
-        stats = self.stats = RunStats()
-        device = self.bundle.device
-        current = prompt
-        text_kv = self.text_kv(current)
-        started: dict[int, float] = {}
-        t0 = time.perf_counter()
-        for tick in plan.ticks:
-            for e in tick.entries:
-                if e.stage == 0 and e.block in by_block:
-                    current = by_block[e.block]
-                    text_kv = self.text_kv(current)
-                    if e.block > 0:  # the sink shows the old prompt: stop raising it
-                        self.pool.sink_on_prompt = False
-                    if self.cascade.switch_mode == "recache":
-                        r0 = time.perf_counter()
-                        ex.recache(text_kv)
-                        _sync(device)
-                        stats.recache_s.append(time.perf_counter() - r0)
-                    log.info("prompt switch at block %d: %r", e.block, current)
-            ts = time.perf_counter()
-            for e in tick.entries:
-                started.setdefault(e.block, ts)
-            committed = self.pool.valid_committed_tokens()
-            ready = ex.run_tick(tick, text_kv)
-            if self.sync_timing:
-                _sync(device)
-            stats.ticks.append(TickRecord(len(tick.entries), committed, time.perf_counter() - ts))
-            for block, x0 in ready.items():
-                frames = decoder.decode(x0)
-                now = time.perf_counter()
-                out = BlockOutput(block, x0.cpu(), frames, now - t0, now - started[block], current)
-                if block == 0:
-                    stats.ttff_s = now - t0
-                stats.blocks += 1
-                stats.frames += frames.shape[1]
-                stats.block_latency_s.append(out.latency_s)
-                stats.seconds = now - t0
-                yield out
-        stats.seconds = time.perf_counter() - t0
-        stats.counters = ex.counters
+            seen.add(s.block)
+        session = self.session(prompt, seed=seed, max_blocks=num_blocks)
+        for s in sorted(sw, key=lambda s: s.block):
+            session.set_prompt(s.prompt, at_block=s.block)
+        yield from session
 
     def generate(
         self,

@@ -59,6 +59,12 @@ class Executor:
     guidance: float = 1.0
     """Classifier-free guidance: the model runs on a doubled batch (text, empty context)."""
     counters: Counters = field(default_factory=Counters)
+    rope_offset: int = 0
+    """Frame f runs at RoPE position f - rope_offset (raised by ``rebase``; 0 until a stream
+    would pass the model's RoPE table)."""
+    sink_shift: int = 0
+    """The sink's frames sit at positions f + sink_shift - rope_offset (raised by ``shift_sink``:
+    RoPE refresh keeps the sink a fixed distance behind the window)."""
 
     def __post_init__(self) -> None:
         self.device = self.pool.device
@@ -97,13 +103,28 @@ class Executor:
 
     def _positions(self, blocks: tuple[int, ...]) -> torch.Tensor:
         """Absolute frame indices of ``blocks`` (in the given order) for RoPE: [n*fpb]."""
-        if blocks not in self._pos_cache:
+        key = (*blocks, -1, self.rope_offset)
+        if key not in self._pos_cache:
             if len(self._pos_cache) > 64:
                 self._pos_cache.clear()
-            fpb = self.frames_per_block
-            frames = [b * fpb + f for b in blocks for f in range(fpb)]
-            self._pos_cache[blocks] = torch.tensor(frames, dtype=torch.long, device=self.device)
-        return self._pos_cache[blocks]
+            fpb, off = self.frames_per_block, self.rope_offset
+            frames = [b * fpb + f - off for b in blocks for f in range(fpb)]
+            self._pos_cache[key] = torch.tensor(frames, dtype=torch.long, device=self.device)
+        return self._pos_cache[key]
+
+    # -- positions over long streams -------------------------------------------------------------
+
+    def rebase(self, delta: int) -> None:
+        """Exact rebase: every stored key moves ``delta`` positions back and later frames run at
+        positions ``delta`` lower, so every attention score stays what it was."""
+        self.pool.rotate_keys(-delta)
+        self.rope_offset += delta
+        self.pool.place_sink(self.sink_shift - self.rope_offset)
+
+    def shift_sink(self, delta: int) -> None:
+        """Move the sink's stored keys ``delta`` positions forward (RoPE refresh)."""
+        self.sink_shift += delta
+        self.pool.place_sink(self.sink_shift - self.rope_offset)
 
     # -- ticks -----------------------------------------------------------------------------------
 
@@ -190,8 +211,19 @@ class Executor:
         if self.guided:
             x = torch.cat([x, x])
         t = torch.full((self.model_batch, nslots), self.schedule.cache_timestep, device=self.device)
-        pos = torch.tensor(frames, device=self.device)
-        self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=self.pool.recache_view())
+        sink = self.pool.layout.sink_frames
+        pos = [f - self.rope_offset + (self.sink_shift if f < sink else 0) for f in frames]
+        # After exact rebases the sink may sit before position 0, outside the table: re-encode it
+        # right behind the window (as refresh places it), then move its keys where they belong.
+        if pos and min(pos) < 0:
+            window = [p for f, p in zip(frames, pos) if f >= sink]
+            back = min(pos) - (min(window) - sink)
+            pos = [p - back if f < sink else p for f, p in zip(frames, pos)]
+        pos_t = torch.tensor(pos, device=self.device)
+        self.model(x, t, text_kv=text_kv, frame_pos=pos_t, kv=self.pool.recache_view())
+        if sink and frames[0] == 0 and len(frames) >= sink:
+            self.pool.capture_sink(pos[0])
+            self.pool.place_sink(self.sink_shift - self.rope_offset)
         self.counters.forwards += 1
         self.counters.recache_forwards += 1
 
@@ -199,4 +231,6 @@ class Executor:
         self.seed = seed
         self.blocks.clear()
         self.pool.reset()
+        self.rope_offset = 0
+        self.sink_shift = 0
         self.counters = Counters()

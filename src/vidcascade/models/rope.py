@@ -53,6 +53,8 @@ class RopeTables:
                 f"frame position {int(frame_pos.max())} is beyond the RoPE table of {self.max_len} "
                 "positions; raise ModelConfig.rope_max_frames or use a rolling cache with fewer frames"
             )
+        if frame_pos.device.type == "cpu" and frame_pos.numel() and int(frame_pos.min()) < 0:
+            raise ValueError(f"frame position {int(frame_pos.min())} is below 0, where the RoPE table starts")
         if height > self.max_len or width > self.max_len:
             raise ValueError(f"latent grid {height}x{width} exceeds the RoPE table of {self.max_len}")
         coss, sins = self._tables(frame_pos.device)
@@ -76,3 +78,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     s = sin[None, :, None, :]
     out = torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1)  # [B, N, H, D/2, 2]
     return out.flatten(-2).to(dtype)
+
+
+def time_rotation(
+    head_dim: int, delta: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [pt] of a shift by ``delta`` frame positions on the time part of the rotation
+    (any integer, negative too; angles computed in float64 as the tables are)."""
+    pt = rope_split(head_dim)[0]
+    angle = float(delta) * _axis_angles(2, pt)[1]  # delta * theta^(-2i/dim), [pt]
+    return angle.cos().float().to(device), angle.sin().float().to(device)
+
+
+def rotate_time_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """In place: rotate the time channels of already rotated keys x [B, H, N, Dh] further by the
+    angles cos/sin [pt] (``time_rotation``). Because RoPE is a rotation, a key stored at position
+    p and rotated by delta is the key at position p + delta; height and width parts are untouched."""
+    pt = cos.shape[0]
+    xt = x[..., : 2 * pt].float().unflatten(-1, (pt, 2))  # [B, H, N, pt, 2]
+    xr, xi = xt[..., 0], xt[..., 1]
+    out = torch.stack((xr * cos - xi * sin, xr * sin + xi * cos), dim=-1)  # [B, H, N, pt, 2]
+    x[..., : 2 * pt] = out.flatten(-2).to(x.dtype)

@@ -1,6 +1,8 @@
 """Every command of the README runs as written, so that the page cannot go stale.
 
-Shell and Python code blocks are extracted and run in a scratch folder. Two things are left out,
+Shell and Python code blocks are extracted and run in a scratch folder; `vidcascade serve` is
+started, checked (its /health and its page answer on the README's URL) and stopped. Two things are
+left out,
 each for a stated reason: `pip install ...` (CI's own install step is that command) and
 `python -m pytest` (this suite). A block that cannot run here (it needs a GPU and downloaded
 weights) must be marked `<!-- readme-check: skip: REASON -->` on the line above it; the test
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,15 +42,48 @@ def _blocks() -> list[tuple[str, str, str | None, int]]:
     return out
 
 
-def _runnable(code: str) -> str:
-    """Drop the install step and the test command, which CI runs itself."""
-    lines = []
+def _runnable(code: str) -> tuple[str, list[str]]:
+    """The block without the install step and the test command (CI runs both itself), and the
+    server commands apart (each runs until stopped)."""
+    lines, servers = [], []
     for line in code.splitlines():
+        if line.startswith("vidcascade serve"):
+            servers.append(line.split("#", 1)[0].strip())
+            continue
         parts = [p.strip() for p in line.split("&&")]
         kept = [p for p in parts if not p.startswith("pip install") and p != "python -m pytest"]
         if kept:
             lines.append(" && ".join(kept))
-    return "\n".join(lines)
+    return "\n".join(lines), servers
+
+
+def _check_server(cmd: str, cwd: Path, env: dict[str, str]) -> None:
+    """Start a README server command, wait until it answers on the README's URL, then stop it."""
+    import urllib.request
+
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {cmd}"], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, f"{cmd!r} exited early:\n{proc.stdout.read().decode()}"
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{cmd!r}: no answer on http://127.0.0.1:8000/health"
+            time.sleep(0.5)
+        with urllib.request.urlopen("http://127.0.0.1:8000/", timeout=10) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 BLOCKS = _blocks()
@@ -66,11 +103,13 @@ def test_readme_block_runs(lang, code, reason, line, tmp_path):
     if lang == "python":
         cmd = [sys.executable, "-c", code]
     else:
-        script = _runnable(code)
-        if not script.strip():
-            return
+        script, servers = _runnable(code)
         # The console script lives next to this interpreter (pip -e); put it first on PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        for server in servers:
+            _check_server(server, tmp_path, env)
+        if not script.strip():
+            return
         cmd = ["bash", "-euo", "pipefail", "-c", script]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     where = f"README line {line} failed:\n{code}"

@@ -132,6 +132,8 @@ class Session:
         self._in_flight: list[int] = []
         self._drain_end: int | None = None
         self._started = False
+        self.positions: RopePositions | None = None
+        """RoPE position bookkeeping (rebases, offset), from the start of the iteration."""
 
     # -- control (any thread) --------------------------------------------------------------------
 
@@ -232,6 +234,12 @@ class Session:
                 self._cond.wait()
             if self._state == "paused":
                 self._state = "running"
+            if self._state != "stopped":
+                # The blocks the next tick starts are in flight from this boundary on, so that a
+                # stop(drain=True) made while that tick runs yields them, as in_flight says.
+                nxt = self.plan.peek()
+                if nxt is not None:
+                    self._in_flight.extend(e.block for e in nxt.entries if e.stage == 0)
             return [c for c in due if c.kind == "prompt"]
 
     def _apply_stop(self, c: _Control) -> None:
@@ -312,10 +320,6 @@ class Session:
                 tick: Tick = next(self.plan)
                 positions.before_tick(tick)
                 ts = time.perf_counter()
-                with self._cond:
-                    for e in tick.entries:
-                        if e.stage == 0:
-                            self._in_flight.append(e.block)
                 for e in tick.entries:
                     if e.stage < num_steps:
                         rec = per_block.setdefault(e.block, (ts, [], [], []))

@@ -142,7 +142,7 @@ def _main_status(capsys, argv):
         (["--guidance", "0.5"], 2, "--guidance: guidance must be >= 1 (1 = off), got 0.5"),
         (["--blocks", "-3"], 2, "--blocks must be >= 1, got -3"),
         (["--switch", "1:a", "--switch", "1:b", "--blocks", "2"], 2, "two prompt switches at block 1"),
-        (["--blocks", "400"], 2, "400 blocks are 1200 latent frames, beyond the model's RoPE table"),
+        (["--level", "9"], 2, "level must be in 0..4 for 4 steps, got 9"),
         (["--model", "truncated"], 2, "dit.safetensors' (truncated or corrupt?): SafetensorError"),
         (["--model", "random"], 2, "dit.safetensors' (truncated or corrupt?): SafetensorError"),
     ],

@@ -366,16 +366,14 @@ def test_cli_torchrun_bad_value_is_one_line_once(tmp_path):
     rank 0, as the single process prints it; torchrun's own summary names the same line instead of
     the ranks' tracebacks."""
     cases = [
-        (["--blocks", "400"], "vidcascade generate: error: 400 blocks are 1200 latent frames"),
+        (["--level", "9"], "vidcascade generate: error: level must be in 0..4 for 4 steps, got 9"),
         (
             ["--switch", "-1:foo"],
             "vidcascade generate: error: argument --switch: '-1:foo': the block must be",
         ),
     ]
     for flags, line in cases:
-        argv = [a for a in GEN if a != "3"] if flags[0] == "--blocks" else GEN
-        argv = [a for a in argv if a != "--blocks"] if flags[0] == "--blocks" else argv
-        r, _ = _torchrun(tmp_path, *argv, *flags, "--parallel", "temporal", "--out", "d.npz", timeout=90)
+        r, _ = _torchrun(tmp_path, *GEN, *flags, "--parallel", "temporal", "--out", "d.npz", timeout=90)
         text = r.stdout + r.stderr
         assert r.returncode != 0
         printed = [ln for ln in text.splitlines() if ln.startswith("vidcascade generate:")]

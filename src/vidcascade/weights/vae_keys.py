@@ -332,7 +332,8 @@ def load_wan_vae(
     model = _build(config or found or infer_config(state_dict), state_dict, path)
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)
-    logger.info("loaded Wan VAE from %s: %s", path, model.config)
+    logger.info("loaded Wan VAE from %s", path)
+    logger.debug("Wan VAE config: %s", model.config)
     return model.eval()
 
 

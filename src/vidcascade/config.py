@@ -202,7 +202,9 @@ class CacheConfig:
     positions: PositionMode = "exact"
     """RoPE positions of streams longer than the table: exact (re-rotate every cached key back
     when the table would run out: attention unchanged) or refresh (the same, and the sink is kept
-    at most ``refresh_gap`` frames behind the window). See engine/positions.py."""
+    at most ``refresh_gap`` frames behind the window). See engine/positions.py. Exact by default:
+    within the table it changes nothing; the embedded model ships refresh (measured on 2,000-block
+    streams: shape stays on prompt in the last quarter, where exact drifts)."""
     refresh_gap: int = 150
     """refresh: most frames between the sink and the oldest window frame (the embedded model was
     trained with gaps up to 150 frames)."""

@@ -61,6 +61,59 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the DiT (first ticks of each shape compile)"
     )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps S, evenly spaced (default: the model's own; embedded-teacher: 16-50)",
+    )
+
+
+def _add_feature_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache",
+        choices=["none", "bwcache", "flowcache"],
+        default="none",
+        help="feature cache: reuse DiT-block residuals between denoising steps (docs/caching.md)",
+    )
+    p.add_argument(
+        "--cache-threshold", type=float, default=None, help="reuse below this indicator (default: policy's)"
+    )
+    p.add_argument(
+        "--cache-interval", type=int, default=None, help="BWCache R: steps reused (default: 10%% of S)"
+    )
+    p.add_argument(
+        "--cache-variant", choices=["code", "paper"], default="code", help="BWCache: released code or paper"
+    )
+    p.add_argument(
+        "--cache-granularity",
+        choices=["stack", "dit_block"],
+        default="stack",
+        help="BWCache: one decision per video block, or per (video block, DiT block)",
+    )
+    p.add_argument(
+        "--cache-kv",
+        choices=["fresh", "stale"],
+        default="fresh",
+        help="K/V a skipping block offers the other in-flight blocks",
+    )
+
+
+def feature_cache_config(args):
+    """The FeatureCacheConfig of the --cache* flags."""
+    from .config import ConfigError, FeatureCacheConfig
+
+    try:
+        return FeatureCacheConfig(
+            policy=args.cache,
+            threshold=args.cache_threshold,
+            interval=args.cache_interval,
+            variant=args.cache_variant,
+            granularity=args.cache_granularity,
+            kv=args.cache_kv,
+        )
+    except ConfigError as e:
+        raise CliError(f"--cache: {e}") from None
 
 
 def _add_cascade_args(p: argparse.ArgumentParser) -> None:
@@ -98,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="switch to PROMPT when BLOCK starts (repeatable)",
     )
     g.add_argument("--switch-mode", choices=["no-recache", "recache"], default="no-recache")
+    _add_feature_cache_args(g)
     g.add_argument(
         "--parallel",
         choices=["none", "temporal"],
@@ -182,6 +236,13 @@ def _load(args):
             bundle.cache = dataclasses.replace(bundle.cache, sink_bias=args.sink_bias)
         except ConfigError as e:
             raise CliError(f"--sink-bias: {e}") from None
+    if args.steps is not None:
+        from .weights.registry import with_steps
+
+        try:
+            bundle.sampling = with_steps(bundle.sampling, args.steps)
+        except ValueError as e:
+            raise CliError(f"--steps: {e}") from None
     if args.compile:
         from .weights.loading import compile_dit
 
@@ -217,6 +278,8 @@ def cmd_generate(args) -> int:
         switch_mode=args.switch_mode,
         freshness=args.freshness,
     )
+    if args.parallel == "temporal" and args.cache != "none":
+        raise CliError("--cache works in one process only; drop --parallel temporal or --cache")
     if args.parallel == "temporal":
         from .distributed.launch import generate_temporal
 
@@ -225,8 +288,16 @@ def cmd_generate(args) -> int:
     from .engine.engine import Engine
 
     engine = Engine(bundle, cascade)
+    from .caching import apply_feature_cache
+
+    fc = apply_feature_cache(engine, feature_cache_config(args))
     engine.plan(args.blocks)  # validates level/lag against the model's step count before any work
-    return _stream_to_file(engine, bundle, args, out)
+    rc = _stream_to_file(engine, bundle, args, out)
+    if fc is not None:
+        c = fc.counters
+        total = c.skipped + c.computed
+        log.info("feature cache %s: %d of %d DiT-block rows skipped", args.cache, c.skipped, total)
+    return rc
 
 
 def _stream_to_file(engine, bundle, args, out) -> int:

@@ -21,6 +21,8 @@ from .bundle import Bundle
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
+TEACHER_ASSETS = ASSETS.parent / "embedded-teacher"
+"""The undistilled teacher of the embedded model (fp16 on disk), for many-step sampling."""
 TEXT_MODES = ("sentence", "clauses")
 """How prompts reach MiniLM: the whole prompt in one pass, or each clause in its own pass."""
 
@@ -49,7 +51,9 @@ def _tuplify(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> Bundle:
+def load_embedded(
+    device: torch.device | str = "cpu", folder: Path = ASSETS, name: str | None = None
+) -> Bundle:
     from safetensors.torch import load_file
 
     from ..models.vae_stream import VAEFrameDecoder
@@ -71,7 +75,7 @@ def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> 
     return Bundle(
         # A folder other than the package's (e.g. `train export --dest`) is named by its path, so
         # that bench and eval tables say which weights they measured.
-        name="embedded" if Path(folder).resolve() == ASSETS.resolve() else str(folder),
+        name=name or ("embedded" if Path(folder).resolve() == ASSETS.resolve() else str(folder)),
         dit=dit,
         text_encoder=text,
         make_decoder=lambda: VAEFrameDecoder(vae, frames_per_pass=meta.get("decode_frames_per_pass", 3)),

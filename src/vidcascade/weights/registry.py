@@ -51,7 +51,28 @@ def _embedded(device: torch.device | str = "cpu") -> Bundle:
     return load_embedded(device)
 
 
-BUILTIN = {"embedded": _embedded, "random-tiny": random_tiny}
+def _embedded_teacher(device: torch.device | str = "cpu") -> Bundle:
+    from .embedded import TEACHER_ASSETS, load_embedded
+
+    return load_embedded(device, folder=TEACHER_ASSETS, name="embedded-teacher")
+
+
+BUILTIN = {"embedded": _embedded, "embedded-teacher": _embedded_teacher, "random-tiny": random_tiny}
+
+
+def uniform_steps(n: int, num_train_timesteps: int = 1000) -> tuple[float, ...]:
+    """n timesteps evenly spaced from the top, 1000, 1000 (1 - 1/n), ... (warped by the model's
+    shift as its sampling says): the many-step Euler sampler of the embedded teacher."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= num_train_timesteps:
+        raise ValueError(f"steps must be an integer in 1..{num_train_timesteps}, got {n!r}")
+    return tuple(float(round(num_train_timesteps * (1 - k / n))) for k in range(n))
+
+
+def with_steps(sampling: SamplingConfig, n: int) -> SamplingConfig:
+    """The bundle's sampling with n evenly spaced denoising steps instead of its own."""
+    import dataclasses
+
+    return dataclasses.replace(sampling, steps=uniform_steps(n, sampling.num_train_timesteps))
 
 
 def default_model_name() -> str:

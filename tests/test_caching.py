@@ -209,3 +209,27 @@ def test_feature_cache_config_validation():
         FeatureCacheConfig(policy="bwcache", interval=0)
     assert FeatureCacheConfig(policy="bwcache").resolved_threshold == 0.15
     assert FeatureCacheConfig(policy="bwcache").resolved_interval(50) == 5
+
+
+def test_embedded_teacher_is_a_many_step_guided_builtin():
+    from vidcascade.weights.registry import load_bundle, uniform_steps, with_steps
+
+    b = load_bundle("embedded-teacher")
+    assert b.name == "embedded-teacher" and b.trained
+    assert b.sampling.guidance == 3.0 and b.sampling.sampler == "euler" and b.sampling.num_steps == 16
+    assert b.dit.patch_embedding.weight.dtype == torch.float32  # fp16 on disk, fp32 in memory
+    assert uniform_steps(4) == (1000.0, 750.0, 500.0, 250.0)
+    assert with_steps(b.sampling, 50).num_steps == 50
+    with pytest.raises(ValueError, match="steps must be an integer in 1..1000"):
+        uniform_steps(0)
+
+
+def test_generate_with_cache_flags(tmp_path, capsys):
+    from vidcascade.cli import main
+
+    out = tmp_path / "v.npz"
+    argv = ["generate", "a red circle", "--model", "random-tiny", "--steps", "6", "--blocks", "2"]
+    assert main([*argv, "--cache", "bwcache", "--cache-interval", "2", "--out", str(out)]) == 0
+    assert out.exists()
+    assert main([*argv, "--cache", "bwcache", "--cache-threshold", "-1", "--out", str(out)]) == 2
+    assert "cache threshold must be a finite number >= 0" in capsys.readouterr().err

@@ -233,3 +233,12 @@ def test_generate_with_cache_flags(tmp_path, capsys):
     assert out.exists()
     assert main([*argv, "--cache", "bwcache", "--cache-threshold", "-1", "--out", str(out)]) == 2
     assert "cache threshold must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_eval_cache_columns_never_reusing_match_uncached():
+    from vidcascade.eval.quality import run_eval
+
+    cfg = FeatureCacheConfig(policy="bwcache", threshold=0.0)
+    rows = run_eval(_bundle(), [(0, "causal")], prompts=1, blocks=2, long_prompts=0, feature_cache=cfg)
+    assert rows[0]["cache_skipped_share"] == 0.0
+    assert rows[0]["cache_psnr_vs_uncached"] == 100.0 and rows[0]["cache_ssim_vs_uncached"] == 1.0

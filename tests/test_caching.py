@@ -242,3 +242,19 @@ def test_eval_cache_columns_never_reusing_match_uncached():
     rows = run_eval(_bundle(), [(0, "causal")], prompts=1, blocks=2, long_prompts=0, feature_cache=cfg)
     assert rows[0]["cache_skipped_share"] == 0.0
     assert rows[0]["cache_psnr_vs_uncached"] == 100.0 and rows[0]["cache_ssim_vs_uncached"] == 1.0
+
+
+def test_many_steps_fully_parallel_with_more_blocks_than_stages():
+    """S = 20 at P20 keeps S + 1 blocks in flight once 22 blocks run; the cache that never reuses
+    still matches, and a reusing one stays finite."""
+    steps = tuple(1000.0 * (1 - k / 20) for k in range(20))
+    sampling = SamplingConfig(steps=steps, shift=3.0, frames_per_block=1, sampler="euler")
+    bundle = make_bundle(sampling=sampling, latent_hw=(2, 2))
+    eng = Engine(bundle, CascadeConfig(level=20))
+    assert max(len(t.entries) for t in eng.plan(22).ticks) == 21
+    ref = eng.generate("p", 22, seed=1).latents
+    apply_feature_cache(eng, FeatureCacheConfig(policy="bwcache", threshold=0.0))
+    assert torch.equal(eng.generate("p", 22, seed=1).latents, ref)
+    fc = apply_feature_cache(eng, FeatureCacheConfig(policy="bwcache", threshold=10.0))
+    out = eng.generate("p", 22, seed=1).latents
+    assert torch.isfinite(out).all() and fc.counters.skipped > 0

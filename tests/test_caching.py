@@ -258,3 +258,26 @@ def test_many_steps_fully_parallel_with_more_blocks_than_stages():
     fc = apply_feature_cache(eng, FeatureCacheConfig(policy="bwcache", threshold=10.0))
     out = eng.generate("p", 22, seed=1).latents
     assert torch.isfinite(out).all() and fc.counters.skipped > 0
+
+
+def test_manifest_feature_cache_field_and_cli_override(tmp_path):
+    import argparse
+
+    from vidcascade.cli import feature_cache_config
+    from vidcascade.weights.bundle_folder import ManifestError, parse_manifest
+
+    base = {"dit": "x.pt", "text_encoder": "hash", "height": 32, "width": 32, "fps": 8}
+    m = parse_manifest({**base, "feature_cache": {"policy": "bwcache", "threshold": 0.03}}, tmp_path)
+    assert m.feature_cache == FeatureCacheConfig(policy="bwcache", threshold=0.03)
+    assert parse_manifest(base, tmp_path).feature_cache.policy == "none"
+    with pytest.raises(ManifestError, match="feature_cache: unknown fields"):
+        parse_manifest({**base, "feature_cache": {"thresh": 0.1}}, tmp_path)
+    with pytest.raises(ManifestError, match="cache threshold"):
+        parse_manifest({**base, "feature_cache": {"policy": "bwcache", "threshold": -1}}, tmp_path)
+    flags = dict(cache=None, cache_threshold=None, cache_interval=2, cache_variant=None)
+    flags.update(cache_granularity=None, cache_kv=None)
+    got = feature_cache_config(argparse.Namespace(**flags), m.feature_cache)
+    assert got == FeatureCacheConfig(policy="bwcache", threshold=0.03, interval=2)
+    flags["cache"] = "flowcache"  # another policy does not inherit the model's threshold
+    got = feature_cache_config(argparse.Namespace(**flags), m.feature_cache)
+    assert got == FeatureCacheConfig(policy="flowcache", interval=2)

@@ -73,8 +73,9 @@ def _add_feature_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache",
         choices=["none", "bwcache", "flowcache"],
-        default="none",
-        help="feature cache: reuse DiT-block residuals between denoising steps (docs/caching.md)",
+        default=None,
+        help="feature cache: reuse DiT-block residuals between denoising steps (docs/caching.md); "
+        "default: the model's own (manifest feature_cache), else none",
     )
     p.add_argument(
         "--cache-threshold", type=float, default=None, help="reuse below this indicator (default: policy's)"
@@ -83,35 +84,41 @@ def _add_feature_cache_args(p: argparse.ArgumentParser) -> None:
         "--cache-interval", type=int, default=None, help="BWCache R: steps reused (default: 10%% of S)"
     )
     p.add_argument(
-        "--cache-variant", choices=["code", "paper"], default="code", help="BWCache: released code or paper"
+        "--cache-variant", choices=["code", "paper"], default=None, help="BWCache: released code or paper"
     )
     p.add_argument(
         "--cache-granularity",
         choices=["stack", "dit_block"],
-        default="stack",
+        default=None,
         help="BWCache: one decision per video block, or per (video block, DiT block)",
     )
     p.add_argument(
         "--cache-kv",
         choices=["fresh", "stale"],
-        default="fresh",
+        default=None,
         help="K/V a skipping block offers the other in-flight blocks",
     )
 
 
-def feature_cache_config(args):
-    """The FeatureCacheConfig of the --cache* flags."""
+def feature_cache_config(args, default=None):
+    """The FeatureCacheConfig of the --cache* flags over the model's own ``default``."""
+    import dataclasses
+
     from .config import ConfigError, FeatureCacheConfig
 
+    base = default or FeatureCacheConfig()
+    if args.cache is not None and args.cache != base.policy:
+        base = FeatureCacheConfig()  # another policy: the model's threshold etc. were for its own
+    given = {
+        "policy": args.cache,
+        "threshold": args.cache_threshold,
+        "interval": args.cache_interval,
+        "variant": args.cache_variant,
+        "granularity": args.cache_granularity,
+        "kv": args.cache_kv,
+    }
     try:
-        return FeatureCacheConfig(
-            policy=args.cache,
-            threshold=args.cache_threshold,
-            interval=args.cache_interval,
-            variant=args.cache_variant,
-            granularity=args.cache_granularity,
-            kv=args.cache_kv,
-        )
+        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     except ConfigError as e:
         raise CliError(f"--cache: {e}") from None
 
@@ -278,7 +285,7 @@ def cmd_generate(args) -> int:
         switch_mode=args.switch_mode,
         freshness=args.freshness,
     )
-    if args.parallel == "temporal" and args.cache != "none":
+    if args.parallel == "temporal" and args.cache not in (None, "none"):
         raise CliError("--cache works in one process only; drop --parallel temporal or --cache")
     if args.parallel == "temporal":
         from .distributed.launch import generate_temporal
@@ -290,13 +297,13 @@ def cmd_generate(args) -> int:
     engine = Engine(bundle, cascade)
     from .caching import apply_feature_cache
 
-    fc = apply_feature_cache(engine, feature_cache_config(args))
+    fc = apply_feature_cache(engine, feature_cache_config(args, bundle.feature_cache))
     engine.plan(args.blocks)  # validates level/lag against the model's step count before any work
     rc = _stream_to_file(engine, bundle, args, out)
     if fc is not None:
         c = fc.counters
         total = c.skipped + c.computed
-        log.info("feature cache %s: %d of %d DiT-block rows skipped", args.cache, c.skipped, total)
+        log.info("feature cache %s: %d of %d DiT-block rows skipped", fc.cfg.policy, c.skipped, total)
     return rc
 
 

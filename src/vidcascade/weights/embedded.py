@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import CacheConfig, ModelConfig, SamplingConfig
+from ..config import CacheConfig, FeatureCacheConfig, ModelConfig, SamplingConfig
 from .bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -85,4 +85,5 @@ def load_embedded(
         fps=float(meta["fps"]),
         trained=True,
         description=meta.get("description", "embedded model"),
+        feature_cache=FeatureCacheConfig(**meta.get("feature_cache", {})),
     )

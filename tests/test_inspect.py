@@ -94,6 +94,15 @@ def test_embedded_by_name_folder_and_dit_file(capsys) -> None:
     assert dit["kv_cache"] == rep["kv_cache"]
 
 
+@needs_embedded
+def test_embedded_teacher_is_its_shipped_folder(capsys) -> None:
+    assert main(["inspect", "embedded-teacher", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["kind"] == "embedded-folder" and rep["trained"]
+    _matches_bundle(rep, "embedded-teacher")
+    assert load_bundle("embedded-teacher").name == "embedded-teacher"
+
+
 @pytest.mark.skipif(not HAS_MINILM, reason="needs vidcascade[text]")
 def test_exported_folder(exported: Path, capsys) -> None:
     assert resolve_model(str(exported)).kind == "embedded-folder"

@@ -86,6 +86,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the DiT (first ticks of each shape compile)"
     )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps S, evenly spaced (default: the model's own; embedded-teacher: 16-50)",
+    )
 
 
 def _add_cascade_args(p: argparse.ArgumentParser) -> None:
@@ -124,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="switch to PROMPT when BLOCK starts (repeatable)",
     )
     g.add_argument("--switch-mode", choices=["no-recache", "recache", "blend"], default="no-recache")
+    from .feature_cache_flags import add_feature_cache_args
+
+    add_feature_cache_args(g)
     g.add_argument(
         "--parallel",
         choices=["none", "temporal"],
@@ -286,6 +295,13 @@ def _load(args):
         import dataclasses
 
         bundle.cache = dataclasses.replace(bundle.cache, positions=args.positions)
+    if args.steps is not None:
+        from .weights.registry import with_steps
+
+        try:
+            bundle.sampling = with_steps(bundle.sampling, args.steps)
+        except ValueError as e:
+            raise CliError(f"--steps: {e}") from None
     if args.compile:
         from .weights.loading import compile_dit
 
@@ -322,6 +338,8 @@ def cmd_generate(args) -> int:
             switch_mode=args.switch_mode,
             freshness=args.freshness,
         )
+        if args.parallel == "temporal" and args.cache not in (None, "none"):
+            raise CliError("--cache works in one process only; drop --parallel temporal or --cache")
     if args.parallel == "temporal":
         from .distributed.launch import generate_temporal
 

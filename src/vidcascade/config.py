@@ -283,6 +283,74 @@ class CascadeConfig:
         return 1
 
 
+CachePolicy = Literal["none", "bwcache", "flowcache"]
+CACHE_POLICY_DEFAULTS = {"bwcache": 0.15, "flowcache": 0.015}
+"""Default thresholds: BWCache's released ``thresh``; FlowCache's MAGI-1 ``rel_l1_thresh`` (fast)."""
+
+
+@dataclass(frozen=True)
+class FeatureCacheConfig:
+    """Feature cache (DESIGN §1): reuse a DiT block's residual for a (video block, DiT block) pair
+    instead of computing it. docs/caching.md describes each field and which source it follows."""
+
+    policy: CachePolicy = "none"
+    """none (never reuse), bwcache (hsc113/BWCache semantics) or flowcache (per video block)."""
+    threshold: float | None = None
+    """Reuse below this indicator value; None = the policy's default (0 = never reuse)."""
+    interval: int | None = None
+    """BWCache R: steps reused after a computed one; None = round(10% of the steps), at least 1."""
+    last_steps: float = 0.5
+    """BWCache tail: after the first reuse decision at step k, the last int(k * last_steps) steps
+    (< 1: a fraction of k) or int(last_steps) steps (>= 1) are computed; at least the last one."""
+    variant: Literal["code", "paper"] = "code"
+    """BWCache: code = one static schedule written at the first trigger (released code); paper =
+    check at every computed step, reuse the next R steps."""
+    granularity: Literal["stack", "dit_block"] = "stack"
+    """BWCache: stack = one decision per video block for all DiT blocks (code); dit_block = one
+    per (video block, DiT block), each on its own indicator."""
+    kv: Literal["fresh", "stale"] = "fresh"
+    """K/V a skipping row offers the others: fresh (projected from its current input) or stale
+    (stored at its last computed step)."""
+    warmup: int = 5
+    """FlowCache: denoising steps a video block always computes first."""
+
+    def __post_init__(self) -> None:
+        _choice("cache policy", self.policy, ("none", "bwcache", "flowcache"))
+        _check(
+            self.threshold is None
+            or (
+                isinstance(self.threshold, (int, float))
+                and math.isfinite(self.threshold)
+                and self.threshold >= 0
+            ),
+            f"cache threshold must be a finite number >= 0, got {self.threshold!r}",
+        )
+        _check(
+            self.interval is None or (isinstance(self.interval, int) and self.interval >= 1),
+            f"cache interval must be an integer >= 1, got {self.interval!r}",
+        )
+        _check(
+            isinstance(self.last_steps, (int, float)) and self.last_steps >= 0,
+            f"cache last_steps must be a number >= 0, got {self.last_steps!r}",
+        )
+        _choice("cache variant", self.variant, ("code", "paper"))
+        _choice("cache granularity", self.granularity, ("stack", "dit_block"))
+        _choice("cache kv", self.kv, ("fresh", "stale"))
+        _check(
+            isinstance(self.warmup, int) and self.warmup >= 0,
+            f"cache warmup must be an integer >= 0, got {self.warmup!r}",
+        )
+
+    @property
+    def resolved_threshold(self) -> float:
+        if self.threshold is not None:
+            return float(self.threshold)
+        return CACHE_POLICY_DEFAULTS.get(self.policy, 0.0)
+
+    def resolved_interval(self, num_steps: int) -> int:
+        return self.interval if self.interval is not None else max(1, round(0.1 * num_steps))
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs besides weights."""

@@ -59,14 +59,25 @@ def check_generate_args(args) -> Path:
 
 def run_generate(args, cascade, out: Path, load) -> int:
     """One process: load the model with ``load(args)``, stream the blocks into ``out``."""
+    from .caching import apply_feature_cache
     from .engine.engine import Engine
+    from .feature_cache_flags import feature_cache_config
     from .io.writers import open_writer
 
     with before_first_block():
         bundle = load(args)
         engine = Engine(bundle, cascade)
         engine.plan(args.blocks)  # validates level/lag against the model's step count before any work
+        fc = apply_feature_cache(engine, feature_cache_config(args, bundle.feature_cache))
     rec = record_stream(engine, args, open_writer(out, bundle.fps))
+    if fc is not None:
+        c = fc.counters
+        log.info(
+            "feature cache %s: %d of %d DiT-block rows skipped",
+            fc.cfg.policy,
+            c.skipped,
+            c.skipped + c.computed,
+        )
     return report(rec, engine, bundle, args.blocks)
 
 

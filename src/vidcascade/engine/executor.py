@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cache.pool import KVPool
+from ..caching.hook import FeatureCache
 from ..models.wan_dit import CausalWanDiT, KVAccess, TextKV
 from ..scheduling.plan import Entry, Tick
 from ..scheduling.timesteps import Schedule, euler_step, renoise, x0_from_velocity
@@ -65,6 +66,8 @@ class Executor:
     sink_shift: int = 0
     """The sink's frames sit at positions f + sink_shift - rope_offset (raised by ``shift_sink``:
     RoPE refresh keeps the sink a fixed distance behind the window)."""
+    feature_cache: FeatureCache | None = None
+    """Feature cache hook (vidcascade.caching.apply_feature_cache); None = compute everything."""
 
     def __post_init__(self) -> None:
         self.device = self.pool.device
@@ -160,7 +163,11 @@ class Executor:
         x = torch.cat([st.x for st in states], dim=2) if n > 1 else states[0].x  # [B, C, n*fpb, h, w]
         t = self._timesteps(tuple(e.stage for e in entries))  # [B, n*fpb]
         pos = self._positions(tuple(e.block for e in entries))  # [n*fpb]
-        v = self._guided(x, t, text_kv, pos, view)  # [B, C, n*fpb, h, w]
+        fc = self.feature_cache
+        hook = fc.begin_tick(entries, text_kv) if fc is not None else None
+        v = self._guided(x, t, text_kv, pos, view, hook)  # [B, C, n*fpb, h, w]
+        if fc is not None:
+            fc.end_tick()
         self.counters.forwards += 1
         self.counters.block_forwards += n
         return v
@@ -169,12 +176,12 @@ class Executor:
     def guided(self) -> bool:
         return self.guidance != 1.0
 
-    def _guided(self, x, t, text_kv: TextKV, pos, view) -> torch.Tensor:
+    def _guided(self, x, t, text_kv: TextKV, pos, view, hook=None) -> torch.Tensor:
         """The model's velocity, with classifier-free guidance when enabled (text_kv then holds
         the text and the empty context stacked along the batch)."""
         if not self.guided:
-            return self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view).float()
-        v = self.model(torch.cat([x, x]), t, text_kv=text_kv, frame_pos=pos, kv=view).float()
+            return self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view, layer_hook=hook).float()
+        v = self.model(torch.cat([x, x]), t, text_kv=text_kv, frame_pos=pos, kv=view, layer_hook=hook).float()
         v_text, v_empty = v.chunk(2)
         return v_empty + self.guidance * (v_text - v_empty)
 
@@ -234,3 +241,5 @@ class Executor:
         self.rope_offset = 0
         self.sink_shift = 0
         self.counters = Counters()
+        if self.feature_cache is not None:
+            self.feature_cache.reset()

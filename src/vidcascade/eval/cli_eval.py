@@ -107,6 +107,14 @@ def add_eval_parser(sub, add_model_args, levels_type) -> None:
     )
     e.add_argument("--no-switch-check", action="store_true", help="skip the prompt-switch check")
     e.add_argument("--json", dest="json_path", default=None, metavar="FILE")
+    # Feature cache (vidcascade.caching): every video is also made cached and compared.
+    e.add_argument(
+        "--cache",
+        choices=["none", "bwcache", "flowcache"],
+        default="none",
+        help="also run this feature cache",
+    )
+    e.add_argument("--cache-threshold", type=float, default=None, help="feature cache threshold")
 
 
 @dataclass(frozen=True)
@@ -300,6 +308,7 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
                 eval_progress,
                 prompt_set=args.prompt_set,
                 on_row=on_row,
+                feature_cache=_feature_cache(args),
             )
             if settings.switch_seeds:
                 with _quiet(Engine.__module__):
@@ -315,6 +324,8 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
         bar.close()
     print()
     print(format_eval(rows, bundle.name))
+    if args.cache != "none":
+        print(_format_cache(rows, args.cache))
     print(format_by_objects(rows))
     if switch_rows:
         print(format_switch(switch_rows))
@@ -332,3 +343,26 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
             )
         print(f"wrote {args.json_path}")
     return 0
+
+
+def _feature_cache(args: argparse.Namespace):
+    if args.cache == "none":
+        return None
+    from ..config import FeatureCacheConfig
+
+    return FeatureCacheConfig(policy=args.cache, threshold=args.cache_threshold)
+
+
+def _format_cache(rows: list[dict], policy: str) -> str:
+    lines = [
+        f"feature cache {policy} against the uncached videos of the same seeds:",
+        "| level | attention | skipped | PSNR | SSIM | colour | shape | motion |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| P{r['level']} | {r['attention']} | {r['cache_skipped_share']:.1%} | "
+            f"{r['cache_psnr_vs_uncached']:.2f} | {r['cache_ssim_vs_uncached']:.4f} | "
+            f"{r['cache_color_acc']:.3f} | {r['cache_shape_acc']:.3f} | {r['cache_motion_acc']:.3f} |"
+        )
+    return "\n".join(lines)

@@ -125,6 +125,27 @@ def make_engine(bundle: Bundle, level: int, attention: str, freshness: str = "jo
     return DistEngine(bundle, cascade, init_comm(bundle.device, rank=0, world_size=1))
 
 
+def _cached_engine(bundle: Bundle, level: int, attention: str, freshness: str, feature_cache):
+    if feature_cache is None or feature_cache.policy == "none":
+        return None
+    from ..caching import apply_feature_cache
+
+    engine = make_engine(bundle, level, attention, freshness)
+    return engine, apply_feature_cache(engine, feature_cache)
+
+
+def _cache_columns(cols: list[tuple[dict, float, float, float]]) -> dict[str, float]:
+    if not cols:
+        return {}
+    acc = aggregate_matches([c[0] for c in cols])
+    return {
+        "cache_skipped_share": float(np.mean([c[1] for c in cols])),
+        "cache_psnr_vs_uncached": float(np.mean([min(c[2], 100.0) for c in cols])),
+        "cache_ssim_vs_uncached": float(np.mean([c[3] for c in cols])),
+        **{f"cache_{k}_acc": acc[k] for k in ("color", "shape", "motion")},
+    }
+
+
 def run_eval(
     bundle: Bundle,
     configs: list[tuple[int, str] | tuple[int, str, str]],
@@ -135,9 +156,12 @@ def run_eval(
     progress: Callable[[int, int], None] | None = None,
     prompt_set: str = "eval",
     on_row: Callable[[dict], None] | None = None,
+    feature_cache=None,
 ) -> list[dict]:
     """One row per (level, attention[, freshness]); ``progress(done, total)`` after every video,
-    ``on_row(row)`` as soon as a configuration's row is complete."""
+    ``on_row(row)`` as soon as a configuration's row is complete. With ``feature_cache`` (a
+    FeatureCacheConfig) every video is also made with that cache, and the row gets ``cache_*``
+    columns: skipped share, PSNR / SSIM against the uncached video of the same seed, accuracies."""
     configs = [(c[0], c[1], c[2] if len(c) > 2 else "joint") for c in configs]
     items = eval_items(prompts, prompt_set=prompt_set)
     fpb_frames = None
@@ -157,10 +181,22 @@ def run_eval(
 
     for level, attention, freshness in order:
         engine = make_engine(bundle, level, attention, freshness)
+        cached = _cached_engine(bundle, level, attention, freshness, feature_cache)
         per, ps, ss = [], [], []
+        cache_cols: list[tuple[dict, float, float, float]] = []
         for k, it in enumerate(items):
             video = engine.generate(it.prompt, blocks, seed=it.seed)
             frames = video.frames[0]
+            if cached is not None:
+                cached_frames = cached[0].generate(it.prompt, blocks, seed=it.seed).frames[0]
+                cache_cols.append(
+                    (
+                        _scores(cached_frames, it.attrs, frames.shape[0] // blocks),
+                        cached[1].counters.skipped_share,
+                        psnr(cached_frames, frames),
+                        ssim(cached_frames, frames),
+                    )
+                )
             fpb_frames = fpb_frames or frames.shape[0] // blocks
             per.append(_scores(frames, it.attrs, fpb_frames))
             if level == 0 and freshness == "joint":
@@ -179,6 +215,7 @@ def run_eval(
             **_agg(per),
             "psnr_vs_p0": float(np.mean(ps)),
             "ssim_vs_p0": float(np.mean(ss)),
+            **_cache_columns(cache_cols),
         }
         if long_prompts:
             row.update(_drift(engine, items[:long_prompts], long_blocks, tick))

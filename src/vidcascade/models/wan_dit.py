@@ -36,6 +36,30 @@ class KVAccess(Protocol):
         ...
 
 
+class LayerHook(Protocol):
+    """What a feature cache (vidcascade.caching) sees of one forward: the patch-embedded tokens,
+    then each DiT block, which it runs itself (all rows, some rows, or none)."""
+
+    def embedded(self, h: torch.Tensor) -> None:
+        """The patch-embedded tokens h [B, N, D] before the first DiT block."""
+        ...
+
+    def layer(
+        self,
+        index: int,
+        block: WanBlock,
+        h: torch.Tensor,
+        e0: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text: tuple[torch.Tensor, torch.Tensor],
+        kv: KVAccess | None,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """DiT block ``index`` on h [B, N, D]: returns its output [B, N, D]."""
+        ...
+
+
 class RMSNorm(nn.Module):
     """RMSNorm over the full width (across heads), normalising in fp32."""
 
@@ -122,6 +146,34 @@ class SelfAttention(_Projections):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
         return self.o(out.transpose(1, 2).reshape(b, n, d))
 
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        layer: int,
+        kv: KVAccess | None,
+        attn_mask: torch.Tensor | None,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention output of the query tokens ``rows`` [n] only, while every token of x [B, N, D]
+        still offers its K/V (a skipping block's K/V is fresh from its current input)."""
+        b, _, d = x.shape
+        h, hd = self.num_heads, self.head_dim
+        xs = x[:, rows]  # [B, n, D]
+        q = self.norm_q(self.q(xs)).view(b, -1, h, hd)  # [B, n, H, Dh]
+        k = self.norm_k(self.k(x)).view(b, -1, h, hd)  # [B, N, H, Dh]
+        v = self.v(x).view(b, -1, h, hd)
+        q = apply_rope(q, cos[rows], sin[rows]).transpose(1, 2)  # [B, H, n, Dh]
+        k = apply_rope(k, cos, sin).transpose(1, 2)  # [B, H, N, Dh]
+        v = v.transpose(1, 2)
+        if kv is not None:
+            k, v, attn_mask = kv.update(layer, k, v)  # [B, H, Nk, Dh]
+        if attn_mask is not None:
+            attn_mask = attn_mask[rows]  # [n, Nk]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, n, Dh]
+        return self.o(out.transpose(1, 2).reshape(b, -1, d))
+
 
 class CrossAttention(_Projections):
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,6 +228,42 @@ class WanBlock(nn.Module):
         x = x + self.cross_attn(self.norm3(x), *text)  # [B, N, D]
         y = self.ffn(modulate(self.norm2(x), shift_ff, scale_ff))
         return gated(x, y, gate_ff)  # [B, N, D]
+
+    def attn_input(self, x: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:
+        """The AdaLN-modulated input of self-attention [B, N, D] (BWCache's indicator tensor)."""
+        mod = self.modulation.float().unsqueeze(0) + e0  # [B, F, 6, D]
+        return modulate(self.norm1(x), mod[:, :, 0], mod[:, :, 1])
+
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text: tuple[torch.Tensor, torch.Tensor],
+        layer: int,
+        kv: KVAccess | None,
+        attn_mask: torch.Tensor | None,
+        frames: torch.Tensor,
+        residual: torch.Tensor,
+    ) -> torch.Tensor:
+        """The block computed for the tokens of ``frames`` [f] (frame indices, ascending) only;
+        every other token gets x + residual [B, N, D] (its cached residual). All tokens offer
+        their K/V to the computed ones, projected from their current input."""
+        b, n, d = x.shape
+        nf = e0.shape[1]
+        tpf = n // nf
+        rows = (frames[:, None] * tpf + torch.arange(tpf, device=x.device)).flatten()  # [f*tpf]
+        mod = self.modulation.float().unsqueeze(0) + e0  # [B, F, 6, D]
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod[:, frames].unbind(2)  # [B, f, D]
+        xm = modulate(self.norm1(x), mod[:, :, 0], mod[:, :, 1])  # [B, N, D] all tokens: K/V for all
+        y = self.self_attn.forward_rows(xm, cos, sin, layer, kv, attn_mask, rows)  # [B, f*tpf, D]
+        xs = gated(x[:, rows], y, gate_sa)  # [B, f*tpf, D]
+        xs = xs + self.cross_attn(self.norm3(xs), *text)
+        y = self.ffn(modulate(self.norm2(xs), shift_ff, scale_ff))
+        out = x + residual  # [B, N, D]
+        out[:, rows] = gated(xs, y, gate_ff)
+        return out
 
 
 class Head(nn.Module):
@@ -274,12 +362,14 @@ class CausalWanDiT(nn.Module):
         frame_pos: torch.Tensor | Sequence[int] | None = None,
         kv: KVAccess | None = None,
         attn_mask: torch.Tensor | None = None,
+        layer_hook: LayerHook | None = None,
     ) -> torch.Tensor:
         """Flow velocity for latents x [B, C, F, H, W] at timesteps t [B] or [B, F] (0..1000).
 
         context [B, L, text_dim] (or its precomputed ``text_kv``); frame_pos [F] absolute frame
         indices for RoPE (default 0..F-1); kv: the K/V store of the engine; attn_mask [N, Nk] bool
-        (True = attend) when no store is given. Returns [B, out_dim, F, H, W].
+        (True = attend) when no store is given; layer_hook: a feature cache that runs the DiT
+        blocks itself (vidcascade.caching). Returns [B, out_dim, F, H, W].
         """
         b, c, nf, hh, ww = x.shape
         if c != self.cfg.in_dim:
@@ -306,8 +396,13 @@ class CausalWanDiT(nn.Module):
         h = h.flatten(2).transpose(1, 2)  # [B, N, D], N = F*gh*gw in (f, h, w) order
         e, e0 = self.time_embed(t)  # [B, F, D], [B, F, 6, D]
         cos, sin = self.rope.cos_sin(frame_pos.to(x.device), gh, gw)  # [N, Dh/2]
+        if layer_hook is not None:
+            layer_hook.embedded(h)
         for i, blk in enumerate(self.blocks):
-            h = blk(h, e0, cos, sin, text_kv[i], i, kv, attn_mask)  # [B, N, D]
+            if layer_hook is None:
+                h = blk(h, e0, cos, sin, text_kv[i], i, kv, attn_mask)  # [B, N, D]
+            else:
+                h = layer_hook.layer(i, blk, h, e0, cos, sin, text_kv[i], kv, attn_mask)
         out = self.head(h, e)  # [B, N, ph*pw*C]
         return self.unpatchify(out, nf, gh, gw)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from ..config import CacheConfig, SamplingConfig
+from ..config import CacheConfig, FeatureCacheConfig, SamplingConfig
 from ..models.wan_dit import CausalWanDiT
 
 
@@ -44,6 +44,8 @@ class Bundle:
     """Playback rate of the decoded video."""
     trained: bool
     description: str
+    feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
+    """The model's default feature cache (policy "none": off); the --cache flags override it."""
 
     @property
     def device(self) -> torch.device:

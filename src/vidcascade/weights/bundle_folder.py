@@ -22,6 +22,8 @@ Fields (all optional but ``dit`` and ``text_encoder``, which ``wan`` can supply)
     text_encoder_device   e.g. "cpu" to keep umT5-XXL (11 GB in bf16) off the GPU
     sampling              SamplingConfig fields: steps, warp, shift, frames_per_block, context_noise, sampler
     cache                 CacheConfig fields: sink_frames, window_frames, sink_bias
+    feature_cache         FeatureCacheConfig fields (policy, threshold, ...): the model's default
+                          feature cache (docs/caching.md); --cache flags override it
     height, width, fps    output pixels (latent = pixels / the VAE's spatial stride) and playback rate
     model                 ModelConfig overrides (e.g. num_heads when neither config nor dim/128 gives it)
 """
@@ -39,7 +41,7 @@ from typing import Any
 
 import torch
 
-from ..config import CacheConfig, ConfigError, ModelConfig, SamplingConfig
+from ..config import CacheConfig, ConfigError, FeatureCacheConfig, ModelConfig, SamplingConfig
 from .bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ BUNDLE_PRESETS: dict[str, dict[str, Any]] = {
 }
 _FIELDS = (
     "name", "description", "preset", "wan", "dit", "dit_key", "lora", "lora_alpha", "vae", "text_encoder",
-    "text_encoder_device", "sampling", "cache", "height", "width", "fps", "model",
+    "text_encoder_device", "sampling", "cache", "height", "width", "fps", "model", "feature_cache",
 )  # fmt: skip
 
 
@@ -113,6 +115,7 @@ class Manifest:
     width: int
     fps: float
     model: dict[str, Any] = field(default_factory=dict)
+    feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
 
 
 def _bad(name: str, msg: str) -> ManifestError:
@@ -215,6 +218,7 @@ def parse_manifest(data: Any, folder: Path) -> Manifest:
         width=size["width"],
         fps=float(fps),
         model=dict(model),
+        feature_cache=_section(data, "feature_cache", FeatureCacheConfig),
     )
 
 
@@ -334,6 +338,7 @@ def load_bundle_folder(
         make_decoder=decoder,
         sampling=m.sampling,
         cache=m.cache,
+        feature_cache=m.feature_cache,
         latent_hw=latent_hw,
         fps=m.fps,
         trained=True,

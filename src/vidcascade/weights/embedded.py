@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import CacheConfig, ModelConfig, SamplingConfig
+from ..config import CacheConfig, FeatureCacheConfig, ModelConfig, SamplingConfig
 from .bundle import Bundle
 from .checkpoint_io import CheckpointError, read_safetensors
 
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
+TEACHER_ASSETS = ASSETS.parent / "embedded-teacher"
+"""The undistilled teacher of the embedded model (fp16 on disk), for many-step sampling."""
 TEXT_MODES = ("sentence", "clauses")
 """How prompts reach MiniLM: the whole prompt in one pass, or each clause in its own pass."""
 
@@ -84,7 +86,9 @@ def _load_dit(path: Path, cfg: ModelConfig) -> torch.nn.Module:
     return dit
 
 
-def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> Bundle:
+def load_embedded(
+    device: torch.device | str = "cpu", folder: Path = ASSETS, name: str | None = None
+) -> Bundle:
     from ..models.vae_stream import VAEFrameDecoder
     from .vae_keys import load_wan_vae
 
@@ -100,7 +104,7 @@ def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> 
     return Bundle(
         # A folder other than the package's (e.g. `train export --dest`) is named by its path, so
         # that bench and eval tables say which weights they measured.
-        name="embedded" if Path(folder).resolve() == ASSETS.resolve() else str(folder),
+        name=name or ("embedded" if Path(folder).resolve() == ASSETS.resolve() else str(folder)),
         dit=dit,
         text_encoder=text,
         make_decoder=lambda: VAEFrameDecoder(vae, frames_per_pass=meta.get("decode_frames_per_pass", 3)),
@@ -110,4 +114,5 @@ def load_embedded(device: torch.device | str = "cpu", folder: Path = ASSETS) -> 
         fps=float(meta["fps"]),
         trained=True,
         description=meta.get("description", "embedded model"),
+        feature_cache=FeatureCacheConfig(**meta.get("feature_cache", {})),
     )

@@ -53,7 +53,28 @@ def _embedded(device: torch.device | str = "cpu") -> Bundle:
     return load_embedded(device)
 
 
-BUILTIN = {"embedded": _embedded, "random-tiny": random_tiny}
+def _embedded_teacher(device: torch.device | str = "cpu") -> Bundle:
+    from .embedded import TEACHER_ASSETS, load_embedded
+
+    return load_embedded(device, folder=TEACHER_ASSETS, name="embedded-teacher")
+
+
+BUILTIN = {"embedded": _embedded, "embedded-teacher": _embedded_teacher, "random-tiny": random_tiny}
+
+
+def uniform_steps(n: int, num_train_timesteps: int = 1000) -> tuple[float, ...]:
+    """n timesteps evenly spaced from the top, 1000, 1000 (1 - 1/n), ... (warped by the model's
+    shift as its sampling says): the many-step Euler sampler of the embedded teacher."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= num_train_timesteps:
+        raise ValueError(f"steps must be an integer in 1..{num_train_timesteps}, got {n!r}")
+    return tuple(float(round(num_train_timesteps * (1 - k / n))) for k in range(n))
+
+
+def with_steps(sampling: SamplingConfig, n: int) -> SamplingConfig:
+    """The bundle's sampling with n evenly spaced denoising steps instead of its own."""
+    import dataclasses
+
+    return dataclasses.replace(sampling, steps=uniform_steps(n, sampling.num_train_timesteps))
 
 
 def default_model_name() -> str:
@@ -80,11 +101,12 @@ class ModelSource:
 
 def resolve_model(name_or_path: str | None = None) -> ModelSource:
     """The kind of model a name or path is; ValueError when it is neither a built-in nor a path."""
-    from .embedded import ASSETS, embedded_available
+    from .embedded import ASSETS, TEACHER_ASSETS, embedded_available
 
     name = name_or_path or default_model_name()
-    if name == "embedded":
-        return ModelSource("embedded-folder", name, ASSETS)
+    shipped = {"embedded": ASSETS, "embedded-teacher": TEACHER_ASSETS}  # built-ins that are folders
+    if name in shipped:
+        return ModelSource("embedded-folder", name, shipped[name])
     if name in BUILTIN:
         return ModelSource("builtin", name, None)
     path = Path(name)
@@ -106,7 +128,7 @@ def load_bundle(
         from .embedded import load_embedded
 
         # The package's assets, or an embedded-format folder written by `train export --dest`.
-        bundle = load_embedded(device, folder=src.path)
+        bundle = load_embedded(device, folder=src.path, name=src.name if src.name in BUILTIN else None)
     else:
         from .bundle_folder import load_bundle_folder
 

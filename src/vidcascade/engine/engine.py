@@ -20,6 +20,7 @@ from ..config import CascadeConfig
 from ..scheduling.plan import Plan, build_plan, steady_in_flight
 from ..scheduling.timesteps import make_schedule
 from ..weights.bundle import Bundle
+from .decode_worker import check_decode_mode
 from .executor import Counters, Executor
 from .session import Session
 
@@ -81,6 +82,8 @@ class RunStats:
     block_latency_s: list[float] = field(default_factory=list)
     ticks: list[TickRecord] = field(default_factory=list)
     recache_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)
+    """Per block, seconds its VAE decode (and host copy) took, inline or on the decode worker."""
     counters: Counters = field(default_factory=Counters)
 
     @property
@@ -103,6 +106,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def default_decode_mode(device: torch.device) -> str:
+    """The decode worker on CUDA (its own stream, no host sync in the tick loop) and on CPU
+    (measured faster end to end on a 2-core machine; see eval/bench.py)."""
+    return "thread"
+
+
 class Engine:
     def __init__(
         self,
@@ -111,8 +120,12 @@ class Engine:
         *,
         batch: int = 1,
         sync_timing: bool = False,
+        decode: str | None = None,
     ) -> None:
         self.bundle = bundle
+        self.decode_mode = default_decode_mode(bundle.device) if decode is None else check_decode_mode(decode)
+        """How ``stream`` / ``generate`` decode: inline (in the tick loop) or thread (on the
+        decode worker, overlapped with the next ticks); a ``session`` takes its own."""
         self.cascade = cascade or CascadeConfig()
         self.schedule = make_schedule(bundle.sampling)
         self.lag = self.cascade.resolve_lag(self.schedule.num_steps)
@@ -203,6 +216,7 @@ class Engine:
         blend_blocks: int = 4,
         max_blocks: int | None = None,
         decode: bool = True,
+        decode_mode: str | None = None,
         on_boundary=None,
     ) -> Session:
         """An open-ended stream under ``prompt`` (see ``Session``): iterate it for BlockOutputs;
@@ -219,6 +233,7 @@ class Engine:
             blend_blocks=blend_blocks,
             max_blocks=max_blocks,
             decode=decode,
+            decode_mode=decode_mode,
             on_boundary=on_boundary,
         )
 
@@ -245,7 +260,7 @@ class Engine:
             if s.block in seen:
                 raise ValueError(f"two prompt switches at block {s.block}")
             seen.add(s.block)
-        session = self.session(prompt, seed=seed, max_blocks=num_blocks)
+        session = self.session(prompt, seed=seed, max_blocks=num_blocks, decode_mode=self.decode_mode)
         for s in sorted(sw, key=lambda s: s.block):
             session.set_prompt(s.prompt, at_block=s.block)
         yield from session

@@ -114,3 +114,17 @@ def test_pause_in_thread_mode_hands_over_finished_blocks():
 def test_bad_decode_mode():
     with pytest.raises(ValueError, match="decode mode must be one of"):
         Engine(_bundle(), decode="gpu")
+
+
+def test_generate_decode_flag_writes_the_same_video(tmp_path, capsys):
+    from vidcascade.cli import main
+
+    paths = {}
+    for mode in ("inline", "thread"):
+        paths[mode] = tmp_path / f"{mode}.npz"
+        argv = ["generate", "a red ball", "--model", "random-tiny", "--blocks", "4", "--level", "4"]
+        assert main([*argv, "--decode", mode, "--out", str(paths[mode])]) == 0
+    a, b = (np.load(paths[m]) for m in ("inline", "thread"))
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--decode", "gpu"])

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cascade_args(g)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="vidcascade.mp4", help="output file: .mp4, .gif or .npz")
+    g.add_argument(
+        "--decode",
+        choices=["inline", "thread"],
+        default=None,
+        help="decode blocks in the tick loop or on a worker thread (default: thread on CUDA, inline on CPU)",
+    )
     _add_model_args(g)
     g.add_argument(
         "--switch",

@@ -64,7 +64,7 @@ def run_generate(args, cascade, out: Path, load) -> int:
 
     with before_first_block():
         bundle = load(args)
-        engine = Engine(bundle, cascade)
+        engine = Engine(bundle, cascade, decode=getattr(args, "decode", None))
         engine.plan(args.blocks)  # validates level/lag against the model's step count before any work
     rec = record_stream(engine, args, open_writer(out, bundle.fps))
     return report(rec, engine, bundle, args.blocks)

@@ -125,8 +125,8 @@ class Engine:
     ) -> None:
         self.bundle = bundle
         self.decode_mode = default_decode_mode(bundle.device) if decode is None else check_decode_mode(decode)
-        """How ``stream`` / ``generate`` decode: inline (in the tick loop) or thread (on the
-        decode worker, overlapped with the next ticks); a ``session`` takes its own."""
+        """How sessions (and so ``stream`` / ``generate``) decode by default: inline (in the tick
+        loop) or thread (on the decode worker, overlapped with the next ticks)."""
         self.cascade = cascade or CascadeConfig()
         self.schedule = make_schedule(bundle.sampling)
         self.lag = self.cascade.resolve_lag(self.schedule.num_steps)
@@ -261,7 +261,7 @@ class Engine:
             if s.block in seen:
                 raise ValueError(f"two prompt switches at block {s.block}")
             seen.add(s.block)
-        session = self.session(prompt, seed=seed, max_blocks=num_blocks, decode_mode=self.decode_mode)
+        session = self.session(prompt, seed=seed, max_blocks=num_blocks)
         for s in sorted(sw, key=lambda s: s.block):
             session.set_prompt(s.prompt, at_block=s.block)
         yield from session

@@ -128,3 +128,14 @@ def test_generate_decode_flag_writes_the_same_video(tmp_path, capsys):
     assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
     with pytest.raises(SystemExit):
         main(["generate", "x", "--decode", "gpu"])
+
+
+def test_cpu_default_uses_the_worker_only_with_a_free_core(monkeypatch):
+    from vidcascade.engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(engine_mod.torch, "get_num_threads", lambda: 1)
+    assert engine_mod.default_decode_mode(torch.device("cpu")) == "thread"
+    monkeypatch.setattr(engine_mod.torch, "get_num_threads", lambda: 2)
+    assert engine_mod.default_decode_mode(torch.device("cpu")) == "inline"
+    assert engine_mod.default_decode_mode(torch.device("cuda")) == "thread"

@@ -9,6 +9,7 @@ denoising step has run (its clean x0 is final), in block order. ``generate`` col
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -107,10 +108,14 @@ def _sync(device: torch.device) -> None:
 
 
 def default_decode_mode(device: torch.device) -> str:
-    """The decode worker on CUDA (its own stream: no host sync in the tick loop); inline on CPU,
-    where the worker measured no faster end to end (2 loaded cores, 1 torch thread: the worker's
-    decode and the ticks each ran ~1.5-2x slower side by side, e2e FPS within +-6% of inline)."""
-    return "thread" if device.type == "cuda" else "inline"
+    """The decode worker on CUDA (its own stream: no host sync in the tick loop). On CPU the
+    worker when torch leaves a core free for it (fewer intra-op threads than cores), else inline.
+    Measured with the embedded model on 2 cores, interleaved: 1 torch thread, quiet machine:
+    worker e2e +18..+37% over inline; 2 threads: worker slower (the cores are oversubscribed),
+    at P0 33 against 52 FPS; 1 thread with the cores loaded by other work: within -6..+2%."""
+    if device.type == "cuda":
+        return "thread"
+    return "thread" if torch.get_num_threads() < (os.cpu_count() or 1) else "inline"
 
 
 class Engine:
@@ -125,8 +130,9 @@ class Engine:
     ) -> None:
         self.bundle = bundle
         self.decode_mode = default_decode_mode(bundle.device) if decode is None else check_decode_mode(decode)
-        """How sessions (and so ``stream`` / ``generate``) decode by default: inline (in the tick
-        loop) or thread (on the decode worker, overlapped with the next ticks)."""
+        """How ``stream`` / ``generate`` decode: inline (in the tick loop) or thread (on the decode
+        worker, overlapped with the next ticks). A live ``session`` decodes inline unless given
+        ``decode_mode="thread"`` (inline, no tick runs ahead of its consumer)."""
         self.cascade = cascade or CascadeConfig()
         self.schedule = make_schedule(bundle.sampling)
         self.lag = self.cascade.resolve_lag(self.schedule.num_steps)
@@ -261,7 +267,8 @@ class Engine:
             if s.block in seen:
                 raise ValueError(f"two prompt switches at block {s.block}")
             seen.add(s.block)
-        session = self.session(prompt, seed=seed, max_blocks=num_blocks)
+        # A fixed-length stream has no live control: it may run ahead of its consumer.
+        session = self.session(prompt, seed=seed, max_blocks=num_blocks, decode_mode=self.decode_mode)
         for s in sorted(sw, key=lambda s: s.block):
             session.set_prompt(s.prompt, at_block=s.block)
         yield from session

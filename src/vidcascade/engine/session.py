@@ -118,8 +118,8 @@ class Session:
         self.max_blocks = max_blocks
         self.decode = decode
         self.decode_mode = None if decode_mode is None else check_decode_mode(decode_mode)
-        """None: the engine's ``decode_mode`` (inline on CPU, thread on CUDA). inline: decode in
-        the tick loop, so a tick runs only when the consumer asks for the next block. thread:
+        """inline (the default, None): decode in the tick loop, so that a tick runs only when the
+        consumer asks for the next block (a live session's contract). thread:
         decode on a worker (engine/decode_worker.py) while the next ticks run, the tick loop then
         running up to DECODE_DEPTH blocks ahead of the consumer (``in_flight`` lists those too;
         stop keeps its meaning: drain yields them, no drain drops them). The latents are the
@@ -327,7 +327,7 @@ class Session:
         decoder = eng.bundle.make_decoder() if self.decode else None
         if decoder is not None:
             decoder.reset()
-        mode = self.decode_mode or eng.decode_mode
+        mode = self.decode_mode or "inline"
         worker = DecodeWorker(decoder, eng.bundle.device) if mode == "thread" else None
         stats = eng.stats = RunStats()
         if self.max_blocks is None:  # open-ended: bounded history

@@ -53,6 +53,7 @@ class Profile:
                 self._handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
         enc = self.bundle.text_encoder
         self._encode = enc.encode
+        self._own = "encode" in getattr(enc, "__dict__", {})  # an instance attribute to put back
 
         def encode(prompts):
             t0 = time.perf_counter()
@@ -68,7 +69,10 @@ class Profile:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        del self.bundle.text_encoder.encode
+        if self._own:
+            self.bundle.text_encoder.encode = self._encode
+        else:
+            del self.bundle.text_encoder.encode
 
     def table(self, wall_s: float, decode_s: float, write_s: float, overlapped: bool) -> str:
         """Seconds and share of ``wall_s`` per part (DiT includes attention; decode on a worker

@@ -139,3 +139,12 @@ def test_cpu_default_uses_the_worker_only_with_a_free_core(monkeypatch):
     monkeypatch.setattr(engine_mod.torch, "get_num_threads", lambda: 2)
     assert engine_mod.default_decode_mode(torch.device("cpu")) == "inline"
     assert engine_mod.default_decode_mode(torch.device("cuda")) == "thread"
+
+
+def test_gpu_check_runs_on_the_tiny_geometry(capsys):
+    from vidcascade.eval.gpu_check import main
+
+    assert main(["--tiny", "--no-compile", "--blocks", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "== eager" in out and "model random-tiny-vae" in out
+    assert "profile P4 decode" in out and out.count("\nP0 |") == 1 and out.count("\nP4 |") == 1

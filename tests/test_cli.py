@@ -1,6 +1,7 @@
 """CLI smoke tests: run main() in-process; one subprocess check of the console entry point."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -296,3 +297,34 @@ def test_train_all_on_the_committed_run_only_exports(tmp_path):
     assert (tmp_path / "vae.safetensors").read_bytes() == (ASSETS / "vae.safetensors").read_bytes()
     info, ref = (json.loads((d / "model.json").read_text()) for d in (tmp_path, ASSETS))
     assert info == ref
+
+
+def test_bench_decode_modes_threads_and_profile(tmp_path, capsys):
+    """--decode compares modes in one run (rows per level and mode, speedups over P0 of the same
+    mode), --threads sets torch's thread count and the header says so, --profile prints the table."""
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "b.json"
+    argv = ["bench", "--model", "random-tiny", "--blocks", "3", "--levels", "0,4", "--repeats", "1"]
+    argv += ["--decode", "inline,thread", "--threads", "1", "--write", "npz", "--no-switch", "--profile"]
+    try:
+        assert main([*argv, "--json", str(out)]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    text = capsys.readouterr().out
+    assert "(2 cores, 1 torch threads)" in text.replace(f"({os.cpu_count()} cores", "(2 cores")
+    assert "profile P4 decode thread" in text and "attention |" in text
+    rows = json.loads(out.read_text())["levels"]
+    assert [(r["level"], r["decode"]) for r in rows] == [
+        (0, "inline"),
+        (0, "thread"),
+        (4, "inline"),
+        (4, "thread"),
+    ]
+    for r in rows:
+        assert r["fps_e2e"] > 0 and r["fps_ticks"] > 0 and r["fps_bare"] > 0 and 0 <= r["overlap_pct"] <= 100
+        assert r["fps_ticks"] >= r["fps_e2e"] * 0.5 and r["decode_ms_per_block"] > 0
+    assert rows[0]["speedup_e2e"] == 1.0 and rows[1]["speedup_e2e"] == 1.0
+    assert main([*argv[:9], "--decode", "gpu"]) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cascade_args(g)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="vidcascade.mp4", help="output file: .mp4, .gif or .npz")
+    g.add_argument(
+        "--decode",
+        choices=["inline", "thread"],
+        default=None,
+        help="decode blocks in the tick loop or on a worker thread (default: thread on CUDA, inline on CPU)",
+    )
     _add_model_args(g)
     g.add_argument(
         "--switch",
@@ -160,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="measured runs per level (median reported)")
     b.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write results as JSON")
     b.add_argument("--parallel", choices=["none", "temporal"], default="none")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    b.add_argument(
+        "--decode",
+        type=lambda v: tuple(v.split(",")),
+        default=None,
+        help="decode modes to compare, comma-separated: inline,thread (default: the engine's)",
+    )
+    b.add_argument(
+        "--write", choices=["mp4", "gif", "npz", "none"], default="mp4", help="writer of the e2e runs"
+    )
+    b.add_argument("--no-switch", action="store_true", help="skip the prompt-switch runs")
+    b.add_argument("--profile", action="store_true", help="print a time breakdown of each level's last run")
     i = sub.add_parser(
         "inspect",
         help="report what a model holds (geometry, settings, K/V memory) and whether it is usable",
@@ -348,8 +367,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import torch
     from tqdm import tqdm
 
+    from .engine.engine import default_decode_mode
     from .eval.bench import format_bench, machine_info, run_bench
 
     if args.json_path:  # before the benchmark, not after it
@@ -360,10 +381,20 @@ def cmd_bench(args) -> int:
         from .distributed.launch import bench_temporal
 
         return bench_temporal(args)
-    bundle = _load(args)
-    levels = args.levels if args.levels is not None else list(range(bundle.sampling.num_steps + 1))
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.repeats < 1:
         raise CliError(f"--repeats must be >= 1, got {args.repeats}")
+    from .engine.decode_worker import DECODE_MODES
+
+    for d in args.decode or ():
+        if d not in DECODE_MODES:
+            raise CliError(f"--decode: {d!r} is not one of {', '.join(DECODE_MODES)}")
+    bundle = _load(args)
+    levels = args.levels if args.levels is not None else list(range(bundle.sampling.num_steps + 1))
+    decodes = args.decode or (default_decode_mode(bundle.device),)
     bar = tqdm(total=1, unit="run", disable=None, leave=False)
 
     def progress(done: int, total: int) -> None:
@@ -372,10 +403,22 @@ def cmd_bench(args) -> int:
         bar.refresh()
 
     try:
-        rows = run_bench(bundle, levels, args.attention, args.blocks, repeats=args.repeats, progress=progress)
+        rows = run_bench(
+            bundle,
+            levels,
+            args.attention,
+            args.blocks,
+            repeats=args.repeats,
+            progress=progress,
+            decodes=decodes,
+            write=args.write,
+            switch=not args.no_switch,
+            profile=args.profile,
+        )
     finally:
         bar.close()
     info = machine_info(bundle.device)
+    info["load"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(format_bench(rows, info, bundle.name))
     if args.json_path:
         with open(args.json_path, "w") as f:

@@ -66,7 +66,7 @@ def run_generate(args, cascade, out: Path, load) -> int:
 
     with before_first_block():
         bundle = load(args)
-        engine = Engine(bundle, cascade)
+        engine = Engine(bundle, cascade, decode=getattr(args, "decode", None))
         engine.plan(args.blocks)  # validates level/lag against the model's step count before any work
         fc = apply_feature_cache(engine, feature_cache_config(args, bundle.feature_cache))
     rec = record_stream(engine, args, open_writer(out, bundle.fps))

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..scheduling.plan import LazyPlan, Tick, steady_in_flight
+from .decode_worker import Decoded, DecodeWorker, check_decode_mode
 from .positions import RopePositions
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 SwitchMode = Literal["no-recache", "recache", "blend"]
 SWITCH_MODES = ("no-recache", "recache", "blend")
 SessionState = Literal["running", "paused", "stopping", "stopped"]
+DECODE_DEPTH = 2
+"""Most finished blocks the decode worker may be behind the ticks before the tick loop waits."""
 HISTORY = 4096
 """Most per-tick / per-block records an open-ended session keeps in its RunStats (constant memory)."""
 
@@ -96,6 +99,7 @@ class Session:
         blend_blocks: int = 4,
         max_blocks: int | None = None,
         decode: bool = True,
+        decode_mode: str | None = None,
         on_boundary: Callable[[Session, int], None] | None = None,
     ) -> None:
         _check_prompt(prompt)
@@ -113,6 +117,13 @@ class Session:
         self.blend_blocks = blend_blocks
         self.max_blocks = max_blocks
         self.decode = decode
+        self.decode_mode = None if decode_mode is None else check_decode_mode(decode_mode)
+        """inline (the default, None): decode in the tick loop, so that a tick runs only when the
+        consumer asks for the next block (a live session's contract). thread:
+        decode on a worker (engine/decode_worker.py) while the next ticks run, the tick loop then
+        running up to DECODE_DEPTH blocks ahead of the consumer (``in_flight`` lists those too;
+        stop keeps its meaning: drain yields them, no drain drops them). The latents are the
+        same in both modes."""
         self.on_boundary = on_boundary
         """Called by the iterating thread at every tick boundary, with the index of the tick about
         to run, before control queued for that boundary is applied (a hook for tests and for
@@ -130,6 +141,9 @@ class Session:
         self._state: SessionState = "running"
         self._paused = False
         self._in_flight: list[int] = []
+        self._decoding: list[int] = []
+        """Blocks whose ticks are done, handed to the decode worker and not yet yielded."""
+        self._dropped = False
         self._drain_end: int | None = None
         self._started = False
         self.positions: RopePositions | None = None
@@ -148,7 +162,7 @@ class Session:
         """Blocks started and not yet yielded (what ``stop(drain=True)`` applied now would still
         yield), oldest first."""
         with self._cond:
-            return list(self._in_flight)
+            return list(self._decoding) + list(self._in_flight)
 
     @property
     def next_tick(self) -> int:
@@ -245,6 +259,7 @@ class Session:
     def _apply_stop(self, c: _Control) -> None:
         if not c.drain:
             self._state = "stopped"
+            self._dropped = True
             return
         self._state = "stopping"
         end = self.plan.started_blocks()
@@ -254,8 +269,50 @@ class Session:
         else:
             self.plan.end(end)
 
+    def _dropping(self) -> bool:
+        """A stop(drain=False) is applied or due at the next boundary: yield nothing more."""
+        with self._cond:
+            return self._dropped or any(
+                c.kind == "stop" and not c.drain and (c.tick is None or c.tick <= self.plan.next_index)
+                for c in self._queue
+            )
+
+    def _pause_due(self) -> bool:
+        with self._cond:
+            return self._paused or any(
+                c.kind == "pause" and (c.tick is None or c.tick <= self.plan.next_index) for c in self._queue
+            )
+
+    def _output(self, d: Decoded, t0: float, stats) -> BlockOutput:
+        """The BlockOutput of a decoded block, counted in ``stats``; it leaves the in-flight list."""
+        from .engine import BlockOutput
+
+        started, label, prompts, weights, secs = d.meta
+        with self._cond:
+            if d.block in self._decoding:
+                self._decoding.remove(d.block)
+        out = BlockOutput(
+            d.block,
+            d.latents,
+            d.frames,
+            d.done_s - t0,
+            d.done_s - started,
+            label,
+            prompts=prompts,
+            prompt_weights=weights,
+            tick_seconds=secs,
+        )
+        if d.block == 0:
+            stats.ttff_s = out.ready_s
+        stats.blocks += 1
+        stats.frames += d.frames.shape[1] if d.frames.ndim == 5 else d.latents.shape[2]
+        stats.block_latency_s.append(out.latency_s)
+        stats.decode_s.append(d.decode_s)
+        stats.seconds = time.perf_counter() - t0
+        return out
+
     def _run(self) -> Iterator[BlockOutput]:
-        from .engine import BlockOutput, RunStats, TickRecord, _sync
+        from .engine import RunStats, TickRecord, _sync
 
         eng, ex = self.engine, self.engine.executor
         ex.reset(self.seed)
@@ -270,9 +327,13 @@ class Session:
         decoder = eng.bundle.make_decoder() if self.decode else None
         if decoder is not None:
             decoder.reset()
+        mode = self.decode_mode or "inline"
+        worker = DecodeWorker(decoder, eng.bundle.device) if mode == "thread" else None
         stats = eng.stats = RunStats()
         if self.max_blocks is None:  # open-ended: bounded history
-            stats.ticks, stats.block_latency_s, stats.recache_s = (deque(maxlen=HISTORY) for _ in range(3))
+            stats.ticks, stats.block_latency_s, stats.recache_s, stats.decode_s = (
+                deque(maxlen=HISTORY) for _ in range(4)
+            )
         device = eng.bundle.device
         num_steps = eng.schedule.num_steps
         label, weight = self.prompt, 1.0
@@ -285,6 +346,8 @@ class Session:
         try:
             while True:
                 tau = self.plan.next_index
+                while worker is not None and worker.pending and self._pause_due() and not self._dropping():
+                    yield self._output(worker.get(), t0, stats)  # a paused session shows what it made
                 changes = self._boundary(tau)
                 if self._state == "stopped" or self.plan.done():
                     break
@@ -340,36 +403,36 @@ class Session:
                         self._in_flight.remove(block)
                     if block not in ready:  # another rank's output
                         continue
+                    meta = (started, label, tuple(prompts), tuple(weights), tuple(secs))
+                    if worker is not None:
+                        with self._cond:
+                            self._decoding.append(block)
+                        worker.submit(block, ready[block], meta)
+                        continue
                     x0 = ready[block]
+                    d0 = time.perf_counter()
                     frames = decoder.decode(x0) if decoder is not None else np.zeros((0,), np.uint8)
                     now = time.perf_counter()
-                    out = BlockOutput(
-                        block,
-                        x0.cpu(),
-                        frames,
-                        now - t0,
-                        now - started,
-                        label,
-                        prompts=tuple(prompts),
-                        prompt_weights=tuple(weights),
-                        tick_seconds=tuple(secs),
-                    )
-                    if block == 0:
-                        stats.ttff_s = now - t0
-                    stats.blocks += 1
-                    stats.frames += frames.shape[1] if frames.ndim == 5 else x0.shape[2]
-                    stats.block_latency_s.append(out.latency_s)
-                    stats.seconds = now - t0
-                    yield out
+                    yield self._output(Decoded(block, x0.cpu(), frames, now, now - d0, meta), t0, stats)
+                # Hand back what the worker finished; wait only when it is DECODE_DEPTH behind.
+                while worker is not None and (worker.poll() or worker.pending > DECODE_DEPTH):
+                    if self._dropping():
+                        break
+                    yield self._output(worker.get(), t0, stats)
                 with self._cond:
                     if self._drain_end is not None and not self._in_flight:
                         self._state = "stopped"  # drained: the cache steps left would be wasted
                         break
+            while worker is not None and worker.pending and not self._dropped:
+                yield self._output(worker.get(), t0, stats)
             completed = True
         finally:
+            if worker is not None:
+                worker.close()
             with self._cond:
                 self._state = "stopped"
                 self._in_flight.clear()
+                self._decoding.clear()
                 self._cond.notify_all()
             stats.seconds = time.perf_counter() - t0
             stats.counters = ex.counters

@@ -15,16 +15,21 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import CascadeConfig
+from ..engine.decode_worker import check_decode_mode
 from ..engine.engine import Engine, RunStats
 from ..weights.bundle import Bundle
+from .profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +113,42 @@ def bare_forward_seconds(engine: Engine, n_inflight: int, committed_tokens: int,
 class _Run:
     stats: RunStats
     ready: list[float]
+    wall_s: float = 0.0
+    """Seconds from the start of the stream until the last block was written."""
+    write_s: list[float] = field(default_factory=list)
+    """Per block, seconds its frames took to append to the writer."""
 
 
-def _run(engine: Engine, prompt: str, blocks: int, seed: int, switches=()) -> _Run:
-    ready = [o.ready_s for o in engine.stream(prompt, blocks, seed=seed, switches=switches)]
-    return _Run(engine.stats, ready)
+class _NullWriter:
+    def append(self, frames: np.ndarray) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _open_writer(write: str, folder: str, fps: float):
+    if write == "none":
+        return _NullWriter()
+    from ..io.writers import open_writer
+
+    return open_writer(Path(folder) / f"bench.{write}", fps)
+
+
+def _run(engine: Engine, prompt: str, blocks: int, seed: int, switches=(), writer=None) -> _Run:
+    """One stream, end to end: every block's frames are appended to ``writer`` as they come."""
+    ready, write_s = [], []
+    t0 = time.perf_counter()
+    for o in engine.stream(prompt, blocks, seed=seed, switches=switches):
+        ready.append(o.ready_s)
+        if writer is not None:
+            w0 = time.perf_counter()
+            writer.append(o.frames[0])
+            write_s.append(time.perf_counter() - w0)
+    wall = time.perf_counter() - t0
+    if writer is not None:
+        writer.close()
+    return _Run(engine.stats, ready, wall, write_s)
 
 
 def _steady_fps(run: _Run, frames_per_block: float) -> float:
@@ -129,6 +165,29 @@ def _switch_extra(run: _Run, block: int) -> float:
     return float(gaps[block] - base)
 
 
+def _hidden(run: _Run, tick_s: float) -> float:
+    """Share (0..1) of the run's decode + write time that overlapped the ticks: the part of
+    ticks + decode + write that the wall time does not show (0: one after the other)."""
+    side = sum(run.stats.decode_s) + sum(run.write_s)
+    return min(1.0, max(0.0, (tick_s + side - run.wall_s) / max(1e-9, side)))
+
+
+def _pct(values, q: float) -> float:
+    return float(np.percentile(list(values), q))
+
+
+def _bare_seconds(engine: Engine, run: _Run, text_kv, memo: dict) -> float:
+    """The bare-forward bound of ``run``: per tick, one bare forward of the same shape, timed now
+    (between the runs, so that it sees the same machine load); shapes are timed once per call."""
+    total = 0.0
+    for tr in run.stats.ticks:
+        key = (tr.n_inflight, tr.committed_tokens)
+        if key not in memo:
+            memo[key] = bare_forward_seconds(engine, *key, text_kv, reps=1)
+        total += memo[key]
+    return total
+
+
 def run_bench(
     bundle: Bundle,
     levels: list[int],
@@ -139,118 +198,170 @@ def run_bench(
     seed: int = 0,
     repeats: int = 3,
     progress=None,
+    decodes: tuple[str, ...] = ("thread",),
+    write: str = "mp4",
+    switch: bool = True,
+    profile: bool = False,
 ) -> list[dict]:
+    """One row per (level, decode mode). Runs are interleaved round-robin over levels and decode
+    modes; after each end-to-end run its bare-forward bound is timed, so both see the same load.
+    ``write``: mp4 | gif | npz | none (the writer the end-to-end runs append to, in a temporary
+    folder). ``switch``: also measure the prompt-switch latency (two more runs per round)."""
     steps = bundle.sampling.num_steps
     for lv in levels:
         if not 0 <= lv <= steps:
             raise ValueError(f"level {lv} is out of range 0..{steps} for a {steps}-step model")
     if blocks < 3:
         raise ValueError(f"bench needs at least 3 blocks, got {blocks}")
+    for d in decodes:
+        check_decode_mode(d)
     switch_block = blocks // 2
-    engines = {
-        (lv, mode): Engine(
-            bundle, CascadeConfig(level=lv, attention=attention, switch_mode=mode), sync_timing=True
-        )
-        for lv in levels
-        for mode in ("no-recache", "recache")
+    keys = [(lv, d) for lv in levels for d in decodes]
+
+    def engine(lv: int, d: str, mode: str = "no-recache") -> Engine:
+        cascade = CascadeConfig(level=lv, attention=attention, switch_mode=mode)
+        return Engine(bundle, cascade, sync_timing=True, decode=d)
+
+    engines = {k: engine(*k) for k in keys}
+    sw_engines = {
+        (lv, mode): engine(lv, decodes[0], mode) for lv in levels for mode in ("no-recache", "recache")
     }
-    plain: dict[int, list[_Run]] = defaultdict(list)
+    plain: dict[tuple[int, str], list[_Run]] = defaultdict(list)
+    bare: dict[tuple[int, str], list[float]] = defaultdict(list)
+    profiles: dict[tuple[int, str], Profile] = {}
     switched: dict[tuple[int, str], list[_Run]] = defaultdict(list)
     sw = [(switch_block, switch_prompt)]
-    total = len(levels) * (1 + repeats * 3)
+    total = len(keys) * (1 + repeats) + (len(levels) * repeats * 2 if switch else 0)
     done = 0
-    for lv in levels:  # warm-up: allocator, caches, text K/V
-        _run(engines[(lv, "no-recache")], prompt, min(blocks, 4), seed)
+
+    def tick() -> None:
+        nonlocal done
         done += 1
         if progress:
             progress(done, total)
-    for _ in range(repeats):
-        for lv in levels:
-            plain[lv].append(_run(engines[(lv, "no-recache")], prompt, blocks, seed))
-            for mode in ("no-recache", "recache"):
-                switched[(lv, mode)].append(_run(engines[(lv, mode)], prompt, blocks, seed, sw))
-            done += 3
-            if progress:
-                progress(done, total)
+
+    with tempfile.TemporaryDirectory() as folder:
+        for k in keys:  # warm-up: allocator, caches, text K/V, the writer's first start
+            _run(engines[k], prompt, min(blocks, 4), seed, writer=_open_writer(write, folder, bundle.fps))
+            tick()
+        for rep in range(repeats):
+            for k in keys:
+                eng = engines[k]
+                prof = Profile(bundle) if profile and rep == repeats - 1 else nullcontext()
+                with prof:
+                    run = _run(eng, prompt, blocks, seed, writer=_open_writer(write, folder, bundle.fps))
+                if profile and rep == repeats - 1:
+                    profiles[k] = prof
+                plain[k].append(run)
+                bare[k].append(_bare_seconds(eng, run, eng.text_kv(prompt), {}))
+                tick()
+            if switch:
+                for lv in levels:
+                    for mode in ("no-recache", "recache"):
+                        switched[(lv, mode)].append(_run(sw_engines[(lv, mode)], prompt, blocks, seed, sw))
+                        tick()
 
     rows = []
-    for lv in levels:
-        eng = engines[(lv, "no-recache")]
-        runs = plain[lv]
-        fpb_frames = runs[0].stats.frames / runs[0].stats.blocks
-        text_kv = eng.text_kv(prompt)
-        # Engine overhead: per tick shape, the median tick time against the bare forward.
-        by_shape: dict[tuple[int, int], list[float]] = defaultdict(list)
-        for r in runs:
-            for tr in r.stats.ticks:
-                by_shape[(tr.n_inflight, tr.committed_tokens)].append(tr.seconds)
-        tick_total = bare_total = 0.0
-        for (n, ct), secs in by_shape.items():
-            bare = bare_forward_seconds(eng, n, ct, text_kv, reps=max(3, len(secs)))
-            tick_total += statistics.median(secs) * len(secs)
-            bare_total += bare * len(secs)
+    for k in keys:
+        lv, d = k
+        eng = engines[k]
+        runs = plain[k]
         st = runs[0].stats
-        rows.append(
-            {
-                "level": lv,
-                "lag": eng.lag,
-                "attention": attention,
-                "blocks": blocks,
-                "frames": st.frames,
-                "fps": statistics.median(_steady_fps(r, fpb_frames) for r in runs),
-                "fps_overall": statistics.median(r.stats.fps for r in runs),
-                "ttff_s": statistics.median(r.stats.ttff_s for r in runs),
-                "latency_p50_s": statistics.median(
-                    float(np.percentile(r.stats.block_latency_s, 50)) for r in runs
-                ),
-                "latency_p95_s": statistics.median(
-                    float(np.percentile(r.stats.block_latency_s, 95)) for r in runs
-                ),
-                "ticks": len(st.ticks),
-                "forwards": st.counters.forwards,
-                "block_forwards": st.counters.block_forwards,
-                "tick_s_total": tick_total / len(runs),
-                "bare_forward_s_total": bare_total / len(runs),
-                "engine_overhead_pct": 100.0 * (tick_total - bare_total) / bare_total,
-                "switch_block": switch_block,
-                "switch_extra_s_no_recache": statistics.median(
-                    _switch_extra(r, switch_block) for r in switched[(lv, "no-recache")]
-                ),
-                "switch_extra_s_recache": statistics.median(
-                    _switch_extra(r, switch_block) for r in switched[(lv, "recache")]
-                ),
-                "recache_forward_s": statistics.median(
-                    r.stats.recache_s[0] for r in switched[(lv, "recache")] if r.stats.recache_s
-                ),
-                "switch_forwards_no_recache": switched[(lv, "no-recache")][0].stats.counters.forwards
-                - st.counters.forwards,
-                "switch_forwards_recache": switched[(lv, "recache")][0].stats.counters.forwards
-                - st.counters.forwards,
-            }
-        )
-    base = next((r for r in rows if r["level"] == 0), None)
+        fpb_frames = st.frames / st.blocks
+        tick_s = [sum(tr.seconds for tr in r.stats.ticks) for r in runs]
+        decode_s = [statistics.median(r.stats.decode_s) for r in runs]
+        write_s = [statistics.median(r.write_s) if r.write_s else 0.0 for r in runs]
+        # Share of decode + write time hidden behind the ticks: 0 when they ran one after the other.
+        hidden = [_hidden(r, ts) for r, ts in zip(runs, tick_s)]
+        row = {
+            "level": lv,
+            "lag": eng.lag,
+            "decode": d,
+            "write": write,
+            "attention": attention,
+            "blocks": blocks,
+            "frames": st.frames,
+            "fps": statistics.median(_steady_fps(r, fpb_frames) for r in runs),
+            "fps_overall": statistics.median(r.stats.fps for r in runs),
+            "fps_e2e": statistics.median(st.frames / r.wall_s for r in runs),
+            "fps_ticks": statistics.median(st.frames / t for t in tick_s),
+            "fps_bare": statistics.median(st.frames / b for b in bare[k]),
+            "decode_ms_per_block": 1000 * statistics.median(decode_s),
+            "write_ms_per_block": 1000 * statistics.median(write_s),
+            "overlap_pct": 100 * statistics.median(hidden),
+            "ttff_s": statistics.median(r.stats.ttff_s for r in runs),
+            "latency_p50_s": statistics.median(
+                float(np.percentile(r.stats.block_latency_s, 50)) for r in runs
+            ),
+            "latency_p95_s": statistics.median(
+                float(np.percentile(r.stats.block_latency_s, 95)) for r in runs
+            ),
+            "ticks": len(st.ticks),
+            "forwards": st.counters.forwards,
+            "block_forwards": st.counters.block_forwards,
+            "tick_s_total": statistics.median(tick_s),
+            "bare_forward_s_total": statistics.median(bare[k]),
+            "engine_overhead_pct": statistics.median(100.0 * (t - b) / b for t, b in zip(tick_s, bare[k])),
+        }
+        if switch and d == decodes[0]:
+            row.update(
+                {
+                    "switch_block": switch_block,
+                    "switch_extra_s_no_recache": statistics.median(
+                        _switch_extra(r, switch_block) for r in switched[(lv, "no-recache")]
+                    ),
+                    "switch_extra_s_recache": statistics.median(
+                        _switch_extra(r, switch_block) for r in switched[(lv, "recache")]
+                    ),
+                    "recache_forward_s": statistics.median(
+                        r.stats.recache_s[0] for r in switched[(lv, "recache")] if r.stats.recache_s
+                    ),
+                    "switch_forwards_no_recache": switched[(lv, "no-recache")][0].stats.counters.forwards
+                    - st.counters.forwards,
+                    "switch_forwards_recache": switched[(lv, "recache")][0].stats.counters.forwards
+                    - st.counters.forwards,
+                }
+            )
+        if k in profiles:
+            last = runs[-1]
+            row["profile"] = profiles[k].table(
+                last.wall_s, sum(last.stats.decode_s), sum(last.write_s), overlapped=d == "thread"
+            )
+        rows.append(row)
     for r in rows:
+        base = next((b for b in rows if b["level"] == 0 and b["decode"] == r["decode"]), None)
         r["speedup"] = r["fps"] / base["fps"] if base else None
         r["speedup_overall"] = r["fps_overall"] / base["fps_overall"] if base else None
+        r["speedup_e2e"] = r["fps_e2e"] / base["fps_e2e"] if base else None
+        r["speedup_ticks"] = r["fps_ticks"] / base["fps_ticks"] if base else None
     return rows
 
 
 def format_bench(rows: list[dict], info: dict, model: str) -> str:
+    r0 = rows[0]
     head = (
-        f"bench: model {model}; {rows[0]['blocks']} blocks; {rows[0]['attention']} attention; "
+        f"bench: model {model}; {r0['blocks']} blocks; {r0['attention']} attention; write {r0['write']}; "
         f"{info['processor']} ({info['cpu_count']} cores, {info['torch_threads']} torch threads), "
         f"device {info['device']}, torch {info['torch']}"
     )
+    if "load" in info:
+        head += f"; load average {info['load']}"
     cols = [
         "level",
         "lag",
-        "FPS",
-        "speedup",
-        "FPS all",
+        "decode",
+        "FPS e2e",
+        "x e2e",
+        "FPS ticks",
+        "x ticks",
+        "e2e/ticks x",
+        "FPS bare",
+        "dec ms/blk",
+        "write ms/blk",
+        "hidden",
         "TTFF s",
         "lat p50",
         "lat p95",
-        "ticks",
         "fwd",
         "blk-fwd",
         "overhead",
@@ -259,30 +370,46 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
     ]
     lines = [head, " | ".join(cols)]
     lines.append("-" * len(lines[-1]))
+
+    def x(v) -> str:
+        return f"{v:.2f}x" if v is not None else "-"
+
     for r in rows:
-        sp = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-"
+        ratio = r["speedup_e2e"] / r["speedup_ticks"] if r["speedup_e2e"] and r["speedup_ticks"] else None
         lines.append(
             " | ".join(
                 [
                     f"P{r['level']}",
                     str(r["lag"]),
-                    f"{r['fps']:.1f}",
-                    sp,
-                    f"{r['fps_overall']:.1f}",
+                    r["decode"],
+                    f"{r['fps_e2e']:.1f}",
+                    x(r["speedup_e2e"]),
+                    f"{r['fps_ticks']:.1f}",
+                    x(r["speedup_ticks"]),
+                    f"{100 * ratio:.0f}%" if ratio is not None else "-",
+                    f"{r['fps_bare']:.1f}",
+                    f"{r['decode_ms_per_block']:.1f}",
+                    f"{r['write_ms_per_block']:.1f}",
+                    f"{r['overlap_pct']:.0f}%",
                     f"{r['ttff_s']:.3f}",
                     f"{r['latency_p50_s']:.3f}",
                     f"{r['latency_p95_s']:.3f}",
-                    str(r["ticks"]),
                     str(r["forwards"]),
                     str(r["block_forwards"]),
                     f"{r['engine_overhead_pct']:+.1f}%",
-                    f"{r['switch_extra_s_no_recache']:+.3f}",
-                    f"{r['switch_extra_s_recache']:+.3f}",
+                    f"{r['switch_extra_s_no_recache']:+.3f}" if "switch_extra_s_no_recache" in r else "-",
+                    f"{r['switch_extra_s_recache']:+.3f}" if "switch_extra_s_recache" in r else "-",
                 ]
             )
         )
     lines.append(
-        "FPS: steady-state output frames/s (decode included); overhead: tick wall time vs a bare forward "
-        "of the same batch; switch/recache +s: extra latency at a prompt switch without/with re-cache"
+        "FPS e2e: frames / wall time until the last block was written; FPS ticks: frames / the ticks' "
+        "time; x: over P0 with the same decode; e2e/ticks x: (x e2e) / (x ticks); FPS bare: frames / "
+        "bare forwards of the same shapes, timed between the runs; dec, write: median per block; "
+        "hidden: share of decode + write time overlapped with the ticks; overhead: ticks vs bare "
+        "forwards; switch/recache +s: extra latency at a prompt switch without/with re-cache"
     )
+    for r in rows:
+        if "profile" in r:
+            lines += ["", f"profile P{r['level']} decode {r['decode']} (last run):", r["profile"]]
     return "\n".join(lines)

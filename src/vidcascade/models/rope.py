@@ -47,13 +47,15 @@ class RopeTables:
     def cos_sin(self, frame_pos: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [F*H*W, head_dim/2] for tokens in (frame, row, column) order."""
         # Checked on the CPU only: on a GPU it would be a host sync every forward (the engine
-        # checks the video length against the table before it starts).
-        if frame_pos.device.type == "cpu" and frame_pos.numel() and int(frame_pos.max()) >= self.max_len:
+        # checks the video length against the table before it starts); not while compiling,
+        # where reading a value breaks the graph every forward.
+        check = frame_pos.device.type == "cpu" and frame_pos.numel() and not torch.compiler.is_compiling()
+        if check and int(frame_pos.max()) >= self.max_len:
             raise ValueError(
                 f"frame position {int(frame_pos.max())} is beyond the RoPE table of {self.max_len} "
                 "positions; raise ModelConfig.rope_max_frames or use a rolling cache with fewer frames"
             )
-        if frame_pos.device.type == "cpu" and frame_pos.numel() and int(frame_pos.min()) < 0:
+        if check and int(frame_pos.min()) < 0:
             raise ValueError(f"frame position {int(frame_pos.min())} is below 0, where the RoPE table starts")
         if height > self.max_len or width > self.max_len:
             raise ValueError(f"latent grid {height}x{width} exceeds the RoPE table of {self.max_len}")

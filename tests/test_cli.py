@@ -328,3 +328,25 @@ def test_bench_decode_modes_threads_and_profile(tmp_path, capsys):
         assert r["fps_ticks"] >= r["fps_e2e"] * 0.5 and r["decode_ms_per_block"] > 0
     assert rows[0]["speedup_e2e"] == 1.0 and rows[1]["speedup_e2e"] == 1.0
     assert main([*argv[:9], "--decode", "gpu"]) == 2
+
+
+def test_bench_cache_columns(tmp_path, capsys):
+    """--cache adds, per level, the skipped share and the speedup over the uncached run of the same
+    round; threshold 0 never reuses (share 0), a huge one reuses the R steps BWCache allows."""
+    out = tmp_path / "b.json"
+    argv = ["bench", "--model", "random-tiny", "--blocks", "3", "--levels", "0,4", "--repeats", "1"]
+    argv += ["--no-switch", "--write", "none", "--cache", "bwcache", "--json", str(out)]
+    shares = {}
+    for threshold in ("0", "100"):
+        assert main([*argv, "--cache-threshold", threshold, "--cache-interval", "2"]) == 0
+        assert "cache skip | cache x e2e | cache x ticks" in capsys.readouterr().out
+        rows = json.loads(out.read_text())["levels"]
+        assert [r["level"] for r in rows] == [0, 4]
+        for r in rows:
+            assert r["cache_policy"] == "bwcache" and r["cache_threshold"] == float(threshold)
+            assert r["cache_speedup_e2e"] > 0 and r["cache_speedup_ticks"] > 0 and "speedup_e2e" in r
+        shares[threshold] = [r["cache_skipped_share"] for r in rows]
+    assert shares["0"] == [0.0, 0.0]
+    assert all(0 < s < 1 for s in shares["100"])
+    assert main([*argv[:9], "--parallel", "temporal", "--cache", "bwcache"]) == 2
+    assert "one process only" in capsys.readouterr().err

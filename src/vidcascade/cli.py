@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--no-switch", action="store_true", help="skip the prompt-switch runs")
     b.add_argument("--profile", action="store_true", help="print a time breakdown of each level's last run")
+    add_feature_cache_args(b)  # each level also runs cached, interleaved with its uncached runs
     i = sub.add_parser(
         "inspect",
         help="report what a model holds (geometry, settings, K/V memory) and whether it is usable",
@@ -372,12 +373,15 @@ def cmd_bench(args) -> int:
 
     from .engine.engine import default_decode_mode
     from .eval.bench import format_bench, machine_info, run_bench
+    from .feature_cache_flags import feature_cache_config
 
     if args.json_path:  # before the benchmark, not after it
         from .io.output import check_file_target
 
         check_file_target(args.json_path, "a file name", what="--json")
     if args.parallel == "temporal":
+        if args.cache not in (None, "none"):
+            raise CliError("--cache works in one process only; drop --parallel temporal or --cache")
         from .distributed.launch import bench_temporal
 
         return bench_temporal(args)
@@ -414,6 +418,7 @@ def cmd_bench(args) -> int:
             write=args.write,
             switch=not args.no_switch,
             profile=args.profile,
+            cache=feature_cache_config(args, bundle.feature_cache) if args.cache else None,
         )
     finally:
         bar.close()

@@ -1,4 +1,4 @@
-"""The --cache* flags of `vidcascade generate` and the FeatureCacheConfig they make."""
+"""The --cache* flags of `vidcascade generate`, `bench` and `serve`, and the FeatureCacheConfig they make."""
 
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 For each level: steady-state FPS (frames after the first block over the time they took), overall
 FPS, time to first frame, per-block latency p50/p95, ticks, forwards, block-forwards, speedup over
 level 0, the engine's overhead (tick wall time against a bare forward of the same batch timed
-alone) and the extra latency at a prompt switch without and with re-cache.
+alone) and the extra latency at a prompt switch without and with re-cache. With a feature cache,
+each level also runs cached, right after its uncached run of the same round: the share of DiT-block
+computations skipped and the wall speedup over that uncached run (end to end and ticks only).
 
 Levels are run round-robin ``repeats`` times after a warm-up, and the median of each number is
 reported, because this kind of machine is noisy.
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import CascadeConfig
+from ..config import CascadeConfig, FeatureCacheConfig
 from ..engine.decode_worker import check_decode_mode
 from ..engine.engine import Engine, RunStats
 from ..weights.bundle import Bundle
@@ -202,11 +204,14 @@ def run_bench(
     write: str = "mp4",
     switch: bool = True,
     profile: bool = False,
+    cache: FeatureCacheConfig | None = None,
 ) -> list[dict]:
     """One row per (level, decode mode). Runs are interleaved round-robin over levels and decode
     modes; after each end-to-end run its bare-forward bound is timed, so both see the same load.
     ``write``: mp4 | gif | npz | none (the writer the end-to-end runs append to, in a temporary
-    folder). ``switch``: also measure the prompt-switch latency (two more runs per round)."""
+    folder). ``switch``: also measure the prompt-switch latency (two more runs per round).
+    ``cache``: also run each (level, decode mode) with this feature cache, one more run per round
+    (policy "none" or None: no cached runs)."""
     steps = bundle.sampling.num_steps
     for lv in levels:
         if not 0 <= lv <= steps:
@@ -223,6 +228,15 @@ def run_bench(
         return Engine(bundle, cascade, sync_timing=True, decode=d)
 
     engines = {k: engine(*k) for k in keys}
+    cached_engines, caches = {}, {}
+    if cache is not None and cache.policy != "none":
+        from ..caching import apply_feature_cache
+
+        for k in keys:
+            cached_engines[k] = engine(*k)
+            caches[k] = apply_feature_cache(cached_engines[k], cache)
+    cached: dict[tuple[int, str], list[_Run]] = defaultdict(list)
+    skipped: dict[tuple[int, str], list[float]] = defaultdict(list)
     sw_engines = {
         (lv, mode): engine(lv, decodes[0], mode) for lv in levels for mode in ("no-recache", "recache")
     }
@@ -231,7 +245,8 @@ def run_bench(
     profiles: dict[tuple[int, str], Profile] = {}
     switched: dict[tuple[int, str], list[_Run]] = defaultdict(list)
     sw = [(switch_block, switch_prompt)]
-    total = len(keys) * (1 + repeats) + (len(levels) * repeats * 2 if switch else 0)
+    total = len(keys) * (1 + repeats) * (2 if cached_engines else 1)
+    total += len(levels) * repeats * 2 if switch else 0
     done = 0
 
     def tick() -> None:
@@ -242,8 +257,10 @@ def run_bench(
 
     with tempfile.TemporaryDirectory() as folder:
         for k in keys:  # warm-up: allocator, caches, text K/V, the writer's first start
-            _run(engines[k], prompt, min(blocks, 4), seed, writer=_open_writer(write, folder, bundle.fps))
-            tick()
+            for eng in (engines[k], cached_engines.get(k)):
+                if eng is not None:
+                    _run(eng, prompt, min(blocks, 4), seed, writer=_open_writer(write, folder, bundle.fps))
+                    tick()
         for rep in range(repeats):
             for k in keys:
                 eng = engines[k]
@@ -255,6 +272,11 @@ def run_bench(
                 plain[k].append(run)
                 bare[k].append(_bare_seconds(eng, run, eng.text_kv(prompt), {}))
                 tick()
+                if k in cached_engines:  # right after the uncached run, so both see the same load
+                    w = _open_writer(write, folder, bundle.fps)
+                    cached[k].append(_run(cached_engines[k], prompt, blocks, seed, writer=w))
+                    skipped[k].append(caches[k].counters.skipped_share)  # counters reset per stream
+                    tick()
             if switch:
                 for lv in levels:
                     for mode in ("no-recache", "recache"):
@@ -322,6 +344,22 @@ def run_bench(
                     - st.counters.forwards,
                 }
             )
+        if k in cached:
+            c_ticks = [sum(tr.seconds for tr in r.stats.ticks) for r in cached[k]]
+            row.update(
+                {
+                    "cache_policy": cache.policy,
+                    "cache_threshold": caches[k].cfg.resolved_threshold,
+                    "cache_skipped_share": statistics.median(skipped[k]),
+                    "cache_fps_e2e": statistics.median(st.frames / r.wall_s for r in cached[k]),
+                    "cache_fps_ticks": statistics.median(st.frames / t for t in c_ticks),
+                    # Per round: the cached run over the uncached run just before it.
+                    "cache_speedup_e2e": statistics.median(
+                        u.wall_s / c.wall_s for u, c in zip(runs, cached[k])
+                    ),
+                    "cache_speedup_ticks": statistics.median(u / c for u, c in zip(tick_s, c_ticks)),
+                }
+            )
         if k in profiles:
             last = runs[-1]
             row["profile"] = profiles[k].table(
@@ -368,6 +406,9 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
         "switch +s",
         "recache +s",
     ]
+    with_cache = any("cache_skipped_share" in r for r in rows)
+    if with_cache:
+        cols += ["cache skip", "cache x e2e", "cache x ticks"]
     lines = [head, " | ".join(cols)]
     lines.append("-" * len(lines[-1]))
 
@@ -376,6 +417,13 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
 
     for r in rows:
         ratio = r["speedup_e2e"] / r["speedup_ticks"] if r["speedup_e2e"] and r["speedup_ticks"] else None
+        extra = []
+        if with_cache:
+            extra = (
+                [f"{r['cache_skipped_share']:.1%}", x(r["cache_speedup_e2e"]), x(r["cache_speedup_ticks"])]
+                if "cache_skipped_share" in r
+                else ["-", "-", "-"]
+            )
         lines.append(
             " | ".join(
                 [
@@ -399,6 +447,7 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
                     f"{r['engine_overhead_pct']:+.1f}%",
                     f"{r['switch_extra_s_no_recache']:+.3f}" if "switch_extra_s_no_recache" in r else "-",
                     f"{r['switch_extra_s_recache']:+.3f}" if "switch_extra_s_recache" in r else "-",
+                    *extra,
                 ]
             )
         )
@@ -409,6 +458,13 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
         "hidden: share of decode + write time overlapped with the ticks; overhead: ticks vs bare "
         "forwards; switch/recache +s: extra latency at a prompt switch without/with re-cache"
     )
+    if with_cache:
+        r = next(r for r in rows if "cache_skipped_share" in r)
+        lines.append(
+            f"cache {r['cache_policy']} (threshold {r['cache_threshold']}): skip: share of DiT-block "
+            "computations skipped; x e2e, x ticks: cached run over the uncached run of the same level, "
+            "decode mode and round (median over rounds)"
+        )
     for r in rows:
         if "profile" in r:
             lines += ["", f"profile P{r['level']} decode {r['decode']} (last run):", r["profile"]]

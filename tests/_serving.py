@@ -31,7 +31,7 @@ def embedded_bundle():
 
 
 @contextmanager
-def running_server(cfg=None, *, level: int | None = None):
+def running_server(cfg=None, *, level: int | None = None, feature_cache=None):
     """Yields (state, base_url) with the server up and warmed; shuts it down after."""
     import uvicorn
 
@@ -39,7 +39,7 @@ def running_server(cfg=None, *, level: int | None = None):
     from vidcascade.serve.protocol import ServeConfig
     from vidcascade.serve.state import ServerState
 
-    state = ServerState(embedded_bundle(), cfg or ServeConfig(), level=level)
+    state = ServerState(embedded_bundle(), cfg or ServeConfig(), level=level, feature_cache=feature_cache)
     state.warmup()
     port = free_port()
     config = uvicorn.Config(

@@ -341,3 +341,61 @@ def test_serve_command_warns_off_loopback_and_reads_the_token_env(monkeypatch, c
     assert seen["state"].cfg.token == "from-env" and seen["state"].ready
     assert any(r.levelname == "WARNING" and "0.0.0.0" in r.message for r in caplog.records)
     assert any("ready: open http://0.0.0.0:8123/?token=..." in r.message for r in caplog.records)
+
+
+def _session(c: Client, host: str) -> tuple[list[dict], dict[tuple[int, int], bytes], dict]:
+    """One 3-block session at P0, seed 1: its block events, its frames by (block, index), /metrics."""
+    c.frames.clear()
+    c.send({"type": "start", "prompt": RED, "level": 0, "seed": 1})
+    events = []
+    while (e := c.next_event())["type"] != "stopped":
+        if e["type"] == "block":
+            events.append(e)
+    frames = {(b, i): j for b, i, j in c.frames if b < 3}
+    return events, frames, json.loads(_get(f"http://{host}/metrics")[1])
+
+
+def test_feature_cache_in_the_live_session():
+    """serve --cache: every engine the server builds gets the cache; each block event and /metrics
+    carry the running skipped share. Threshold 0 skips nothing and sends the frames of no cache."""
+    from vidcascade.caching import apply_feature_cache
+    from vidcascade.config import FeatureCacheConfig
+
+    never = FeatureCacheConfig(policy="bwcache", threshold=0.0, interval=1)
+    always = FeatureCacheConfig(policy="bwcache", threshold=100.0, interval=1)
+    with running_server(ServeConfig(pace=False, max_session_blocks=3), feature_cache=never) as (state, host):
+        engine = state.engine(0, None)
+        assert engine.executor.feature_cache is not None
+        c = Client(f"ws://{host}/ws")
+        zero, zero_frames, m = _session(c, host)
+        assert len(zero) >= 3 and all(e["cache_skipped_share"] == 0.0 for e in zero)
+        assert m["feature_cache"] == {"policy": "bwcache", "threshold": 0.0}
+        assert m["latest_session"]["cache_skipped_share"] == 0.0
+
+        apply_feature_cache(engine, FeatureCacheConfig())  # policy none: the hook is removed
+        plain, plain_frames, _ = _session(c, host)
+        assert all("cache_skipped_share" not in e for e in plain)
+        assert len(plain_frames) == 9 and plain_frames == zero_frames  # the same JPEG bytes
+
+        fc = apply_feature_cache(engine, always)
+        reused, _, m = _session(c, host)
+        shares = [e["cache_skipped_share"] for e in reused]
+        # A running figure: the session's counters so far (a block finishing after the last event
+        # may still move the hook's own counters a little).
+        assert all(0 < s < 1 for s in shares)
+        assert shares[-1] == pytest.approx(fc.counters.skipped_share, abs=0.1)
+        assert m["latest_session"]["cache_skipped_share"] == shares[-1]
+        c.close()
+
+
+def test_serve_cache_flags_build_the_state_and_refuse_temporal():
+    from _serving import embedded_bundle
+    from vidcascade.cli import build_parser, main
+    from vidcascade.serve.run import build_state
+
+    args = build_parser().parse_args(["serve", "--cache", "bwcache", "--cache-threshold", "0.3"])
+    state = build_state(embedded_bundle(), args)
+    assert (state.feature_cache.policy, state.feature_cache.threshold) == ("bwcache", 0.3)
+    assert state.engine(4, None).executor.feature_cache.cfg.threshold == 0.3
+    assert build_state(embedded_bundle(), build_parser().parse_args(["serve"])).feature_cache is None
+    assert main(["serve", "--parallel", "temporal", "--cache", "bwcache"]) == 2

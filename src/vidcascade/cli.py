@@ -459,6 +459,8 @@ def cmd_serve(args) -> int:
         raise CliError(f"--port must be in 1..65535, got {args.port}")
     if args.lag is not None:
         raise CliError("serve takes --level, not --lag")
+    if args.parallel == "temporal" and args.cache not in (None, "none"):
+        raise CliError("--cache works in one process only; drop --parallel temporal or --cache")
     from .serve import run
 
     return run.run_serve_temporal(args) if args.parallel == "temporal" else run.run_serve(args, _load(args))

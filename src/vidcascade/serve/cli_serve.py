@@ -34,6 +34,9 @@ def add_serve_parsers(sub, add_model_args: Callable, add_cascade_args: Callable,
         help="temporal: under torchrun, rank 0 serves and every rank runs the session",
     )
     s.add_argument("--freshness", choices=["joint", "per_tick"], default="joint")
+    from ..feature_cache_flags import add_feature_cache_args
+
+    add_feature_cache_args(s)  # applied to every engine the server builds (one process only)
 
     t = sub.add_parser("loadtest", help="scripted clients against a running vidcascade serve (loopback)")
     t.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="the server's WebSocket URL")

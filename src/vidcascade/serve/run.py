@@ -25,10 +25,18 @@ def serve_config(args) -> ServeConfig:
 
 
 def build_state(bundle, args, fixed_engine=None):
+    from ..feature_cache_flags import feature_cache_config
     from .state import ServerState
 
+    # One process: the --cache* flags over the model's own feature cache, as generate does.
+    cache = feature_cache_config(args, bundle.feature_cache) if fixed_engine is None else None
     return ServerState(
-        bundle, serve_config(args), level=args.level, attention=args.attention, fixed_engine=fixed_engine
+        bundle,
+        serve_config(args),
+        level=args.level,
+        attention=args.attention,
+        fixed_engine=fixed_engine,
+        feature_cache=cache,
     )
 
 

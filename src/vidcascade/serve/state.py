@@ -3,7 +3,8 @@
 One session at a time per device: ``try_acquire`` hands the slot to one worker; a second client is
 refused with a ``busy`` event (it keeps its connection and may send ``start`` again later). Engines
 (one per cascade level and attention mode, sharing the bundle's weights) are built on first use and
-at most ``max_engines`` are kept, since each holds a K/V pool.
+at most ``max_engines`` are kept, since each holds a K/V pool. With a feature cache config, every
+engine built gets the cache (its counters reset with each session).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import Counter, OrderedDict, deque
 
 import numpy as np
 
-from ..config import CascadeConfig
+from ..config import CascadeConfig, FeatureCacheConfig
 from ..weights.bundle import Bundle
 from .protocol import ServeConfig
 
@@ -64,9 +65,11 @@ class ServerState:
         max_engines: int = 2,
         max_recordings: int = 4,
         fixed_engine=None,
+        feature_cache: FeatureCacheConfig | None = None,
     ) -> None:
         """``fixed_engine``: under torchrun, the one DistEngine every session runs on (its level and
-        attention are the server's; a start asking for others is refused)."""
+        attention are the server's; a start asking for others is refused). ``feature_cache``:
+        applied to every engine built here (one process only; None or policy "none": off)."""
         self.bundle = bundle
         self.cfg = cfg
         self.num_steps = bundle.sampling.num_steps
@@ -77,6 +80,11 @@ class ServerState:
         self.max_recordings = max_recordings
         self._engines: OrderedDict[tuple[int, str], object] = OrderedDict()
         self.fixed_engine = fixed_engine
+        if feature_cache is not None and feature_cache.policy == "none":
+            feature_cache = None
+        if feature_cache is not None and fixed_engine is not None:
+            raise ValueError("the feature cache works in one process only, not on a DistEngine")
+        self.feature_cache = feature_cache
         self.launch = lambda worker: worker.start()
         """Runs a Worker: its own thread here; the Driver thread under torchrun."""
         self._engine_lock = threading.Lock()
@@ -91,6 +99,7 @@ class ServerState:
         self.block_latency_s: deque[float] = deque(maxlen=512)
         self.inter_arrival_s: deque[float] = deque(maxlen=512)
         self.last_ttff_s: float | None = None
+        self.last_cache_skipped_share: float | None = None
         from ..eval.bench import machine_info
 
         self.machine = machine_info(bundle.device)
@@ -116,6 +125,10 @@ class ServerState:
                 old, _ = self._engines.popitem(last=False)
                 log.info("dropped the engine for level P%d %s (at most %d kept)", *old, self.max_engines)
             eng = Engine(self.bundle, CascadeConfig(level=key[0], attention=key[1]))
+            if self.feature_cache is not None:
+                from ..caching import apply_feature_cache
+
+                apply_feature_cache(eng, self.feature_cache)
             self._engines[key] = eng
             log.info("built the engine for level P%d, %s attention", *key)
             return eng
@@ -175,6 +188,9 @@ class ServerState:
             "rss_bytes": rss_bytes(),
             "engines": [f"P{lv}/{att}" for lv, att in self._engines],
             "counters": dict(self.counters),
+            "feature_cache": None
+            if self.feature_cache is None
+            else {"policy": self.feature_cache.policy, "threshold": self.feature_cache.resolved_threshold},
             "latest_session": {
                 "ttff_s": self.last_ttff_s,
                 "block_latency_p50_s": percentile(lat, 50),
@@ -182,5 +198,6 @@ class ServerState:
                 "inter_arrival_p50_s": percentile(gap, 50),
                 "inter_arrival_p95_s": percentile(gap, 95),
                 "inter_arrival_p99_s": percentile(gap, 99),
+                "cache_skipped_share": self.last_cache_skipped_share,
             },
         }

@@ -61,6 +61,7 @@ class Worker(threading.Thread):
         self.blocks = 0
         self.blocks_after_cancel = 0
         self.recording = None  # made when the session starts (a refused start keeps none)
+        self._cache = None  # the engine's feature cache, if any (set when the session starts)
 
     @property
     def stopping(self) -> bool:
@@ -155,6 +156,9 @@ class Worker(threading.Thread):
         )
         st.block_latency_s.clear()
         st.inter_arrival_s.clear()
+        # The engine's feature cache, if the server applied one (its counters restart per session).
+        self._cache = getattr(getattr(engine, "executor", None), "feature_cache", None)
+        st.last_cache_skipped_share = 0.0 if self._cache is not None else None
         t0 = time.perf_counter()
         anchor, shown = t0, 0  # pacing clock: frames handed over since ``anchor``
         last = None
@@ -197,6 +201,14 @@ class Worker(threading.Thread):
             self._halt.wait(ahead - lead_s)
         return anchor, shown
 
+    def _cache_figures(self) -> dict:
+        """The running share of DiT-block computations the feature cache skipped this session."""
+        if self._cache is None:
+            return {}
+        share = self._cache.counters.skipped_share
+        self.state.last_cache_skipped_share = share
+        return {"cache_skipped_share": share}
+
     def _emit(self, out, frames: np.ndarray, at_s: float, gap_s: float | None, session) -> None:
         st, q = self.state, self.state.cfg.jpeg_quality
         st.block_latency_s.append(out.latency_s)
@@ -217,6 +229,7 @@ class Worker(threading.Thread):
                 "in_flight": len(session.in_flight),
                 "frames": int(frames.shape[0]),
                 "t_s": at_s,
+                **self._cache_figures(),
             }
         )
         for i, f in enumerate(frames):

@@ -214,35 +214,12 @@ class Engine:
             self._text_kv_memo[prompt] = self.kv_of_context(self.text_context(prompt))
         return self._text_kv_memo[prompt]
 
-    def session(
-        self,
-        prompt: str,
-        *,
-        seed: int = 0,
-        switch_mode: str | None = None,
-        blend_blocks: int = 4,
-        max_blocks: int | None = None,
-        decode: bool = True,
-        decode_mode: str | None = None,
-        on_boundary=None,
-    ) -> Session:
-        """An open-ended stream under ``prompt`` (see ``Session``): iterate it for BlockOutputs;
-        ``set_prompt`` / ``pause`` / ``resume`` / ``stop`` from any thread. ``switch_mode``: the
-        default mode of prompt changes (default: ``CascadeConfig.switch_mode``); ``blend_blocks``:
-        blocks a ``blend`` takes (blend_blocks * L ticks); ``max_blocks``: end after that many
-        blocks (None = until stopped); ``decode=False`` skips the VAE (empty ``frames``).
-        One session runs on an engine at a time (they share its K/V pool)."""
-        return Session(
-            self,
-            prompt,
-            seed=seed,
-            switch_mode=switch_mode,
-            blend_blocks=blend_blocks,
-            max_blocks=max_blocks,
-            decode=decode,
-            decode_mode=decode_mode,
-            on_boundary=on_boundary,
-        )
+    def session(self, prompt: str, **options) -> Session:
+        """An open-ended stream under ``prompt``: iterate it for BlockOutputs; ``set_prompt`` /
+        ``pause`` / ``resume`` / ``stop`` from any thread. ``options`` are ``Session``'s (seed,
+        switch_mode, blend_blocks, max_blocks, decode, decode_mode, on_boundary), with its
+        defaults; one session runs on an engine at a time (they share its K/V pool)."""
+        return Session(self, prompt, **options)
 
     def _session_finished(self) -> None:
         """Called when a session's stream ended normally (a subclass finishes pending work)."""

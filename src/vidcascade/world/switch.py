@@ -1,0 +1,403 @@
+"""Prompt switches in the world: caption A for blocks < k, caption B from block k, rendered exactly.
+
+A ``Switch`` turns a plain ``ClipSpec`` (the scene caption A describes) into a clip whose scene
+follows caption B from block ``k`` on. Objects map to objects in the order the captions name
+them (B's object i is A's object i). Every transition takes exactly block k: block k-1 shows A,
+block k+1 shows B and nothing else. Within block k (frames 3k, 3k+1, 3k+2 with 3 frames per block)
+the transition fraction is a = 1/4, 2/4, 3/4:
+
+- *colour*: the object's colour is the linear RGB mix (1 - a) * old + a * new;
+- *shape*: a morph at the same place and size: the object is the set where the mix
+  (1 - a) * d_old + a * d_new of the two shapes' distance-like level functions is <= 0. Morph,
+  not cross-fade, because every frame then still shows one solid, hard-edged object of one
+  colour: no ghost of two overlapping half-transparent shapes, the area and centroid stay
+  continuous (the detectors follow it as one object through the switch), and the renderer keeps
+  its no-alpha rasterisation that a model can learn exactly;
+- *motion*: the velocity changes at the switch: from frame 3k on, the object moves in the new
+  direction (still: stops; still -> moving: starts at a sampled speed) from where it was at frame
+  3k - 1. Objects whose motion does not change keep their trajectory, bounces included;
+- *one -> two objects*: the second object slides in through an edge over block k (the edge behind
+  its motion; a still one through a random edge) and touches that edge at frame 3(k+1), then
+  moves as named; *two -> one*: the second object leaves through its nearest edge over block k.
+
+The embedded VAE has no temporal compression (latent frame f is pixel frame f), so latent block k
+starts at pixel frame 3k. ``sample_switch`` draws a random switch for a spec; the switches it
+returns leave every moving object ``run_frames`` frames of travel in its named direction from
+the switch and keep the objects' boxes apart until ``run_frames`` frames after block k, so the
+after-switch scene reads back as caption B, as the first frames of a plain clip read as its
+caption. Seeded and deterministic, like the rest of the world.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidcascade.world.generate import GeometryConfig
+from vidcascade.world.palette import COLORS, MOTION_DIRECTIONS, MOTIONS, PALETTE, SHAPES, ObjectAttrs
+from vidcascade.world.render import MIN_SIZE, ClipSpec, _fold, object_centers, shape_mask
+
+FRAMES_PER_BLOCK = 3
+SWITCH_KINDS: tuple[str, ...] = ("color", "shape", "direction", "still", "count")
+"""colour; shape; a moving object's new direction; still <-> moving; one <-> two objects."""
+_ATTRIBUTE_KINDS = ("color", "shape", "direction", "still")
+_MAX_TRIES = 200
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Caption B's scene from block ``block`` of a clip whose blocks before show ``ClipSpec`` A."""
+
+    block: int
+    """k >= 1: the first block made under caption B."""
+    after: tuple[ObjectAttrs, ...]
+    """B's objects in caption order; object i continues A's object i."""
+    speeds: tuple[float, ...]
+    """Per B object, its speed from the switch on (an unchanged motion keeps A's speed)."""
+    entry: tuple[float, float] | None = None
+    """Centre of an entering second object at frame 3(k+1) (one -> two objects), else None."""
+    entry_half: float = 0.0
+    """Half size of the entering object."""
+    frames_per_block: int = FRAMES_PER_BLOCK
+
+    def __post_init__(self) -> None:
+        if self.block < 1:
+            raise ValueError(f"switch block must be >= 1 (block 0 has no before), got {self.block}")
+        if not 1 <= len(self.after) <= 2:
+            raise ValueError(f"a switch leads to 1 or 2 objects, got {len(self.after)}")
+        if len(self.speeds) != len(self.after):
+            raise ValueError(f"speeds has {len(self.speeds)} entries for {len(self.after)} objects")
+        for obj, speed in zip(self.after, self.speeds, strict=True):
+            if (speed == 0.0) != (obj.motion == "still") or speed < 0.0:
+                raise ValueError(f"speed {speed} does not fit motion {obj.motion!r}")
+
+    @property
+    def start_frame(self) -> int:
+        """First frame of the switch block (the VAE maps frame f to latent frame f)."""
+        return self.block * self.frames_per_block
+
+
+def check_switch(spec: ClipSpec, switch: Switch) -> None:
+    """ValueError unless ``switch`` can follow ``spec``: one object more, fewer or as many, an
+    entering object with its geometry, and no colour shared by two objects at any time."""
+    n_a, n_b = len(spec.objects), len(switch.after)
+    if abs(n_a - n_b) > 1:
+        raise ValueError(f"a switch changes the object count by at most one, got {n_a} -> {n_b}")
+    if (n_b > n_a) != (switch.entry is not None):
+        raise ValueError("an entry position is given exactly when a second object enters")
+    colors = [{o.color} for o in spec.attrs]
+    colors += [set() for _ in range(n_b - n_a)]
+    for i, obj in enumerate(switch.after):
+        colors[i].add(obj.color)
+    for i in range(len(colors)):
+        for j in range(i + 1, len(colors)):
+            if colors[i] & colors[j]:
+                raise ValueError(f"objects {i} and {j} would share a colour: {colors[i] & colors[j]}")
+
+
+def transition(num_frames: int, switch: Switch) -> np.ndarray:
+    """Transition fraction per frame, float [T]: 0 before block k, (i+1)/(fpb+1) at its frame i, 1 after."""
+    f = np.arange(num_frames, dtype=np.float64) - switch.start_frame
+    fpb = switch.frames_per_block
+    return np.where(f < 0, 0.0, np.minimum((f + 1) / (fpb + 1), 1.0))
+
+
+@dataclass(frozen=True, eq=False)
+class Track:
+    """One object slot over a switched clip: where, whether visible, colour and shape per frame."""
+
+    centers: np.ndarray
+    """float64 [T, 2], frame-relative (x, y); meaningless where not visible."""
+    visible: np.ndarray
+    """bool [T]."""
+    colors: np.ndarray
+    """float64 [T, 3] RGB."""
+    shapes: tuple[str, str]
+    """(shape before, shape after)."""
+    morph: np.ndarray
+    """float64 [T]: 0 = the shape before, 1 = after, between = the morph."""
+    half: float
+
+
+def _exit_point(p: np.ndarray, half: float) -> np.ndarray:
+    """Centre just outside the frame through the edge nearest to p (fully hidden)."""
+    dist = [p[0], 1.0 - p[0], p[1], 1.0 - p[1]]  # left, right, top, bottom
+    side = int(np.argmin(dist))
+    out = p.copy()
+    out[side // 2] = -half if side % 2 == 0 else 1.0 + half
+    return out
+
+
+def _entry_start(target: tuple[float, float], half: float) -> np.ndarray:
+    """Fully hidden start of an entering object: beyond the edge its target touches."""
+    return _exit_point(np.asarray(target, dtype=np.float64), half)
+
+
+def tracks(spec: ClipSpec, switch: Switch, num_frames: int) -> list[Track]:
+    """Per object slot (A's objects, then an entering one) its track over ``num_frames`` frames."""
+    check_switch(spec, switch)
+    t0, fpb = switch.start_frame, switch.frames_per_block
+    a = transition(num_frames, switch)  # [T]
+    f = np.arange(num_frames, dtype=np.float64)
+    out = []
+    n_slots = max(len(spec.objects), len(switch.after))
+    for i in range(n_slots):
+        old = spec.objects[i] if i < len(spec.objects) else None
+        new = switch.after[i] if i < len(switch.after) else None
+        if old is not None:
+            half = old.half_size
+            centers = object_centers(old, num_frames)  # [T, 2]
+            visible = np.ones(num_frames, dtype=bool)
+            p_last = object_centers(old, t0)[-1] if t0 > 0 else np.asarray(old.center)
+            if new is None:  # leaves through the nearest edge over block k
+                exit_p = _exit_point(p_last, half)
+                moving = f >= t0
+                centers[moving] = p_last + a[moving, None] * (exit_p - p_last)
+                visible = a < 1.0
+            elif new.motion != old.attrs.motion:
+                d = np.asarray(MOTION_DIRECTIONS[new.motion], dtype=np.float64)
+                steps = np.maximum(f - (t0 - 1), 0.0)[:, None]  # frames since the last old one
+                line = p_last[None, :] + d[None, :] * switch.speeds[i] * steps
+                after = np.stack([_fold(line[:, j], half, 1.0 - half) for j in range(2)], axis=1)
+                centers = np.where((f >= t0)[:, None], after, centers)
+            col_old = np.asarray(PALETTE[old.attrs.color], dtype=np.float64)
+            col_new = col_old if new is None else np.asarray(PALETTE[new.color], dtype=np.float64)
+            shapes = (old.attrs.shape, old.attrs.shape if new is None else new.shape)
+        else:  # enters through an edge over block k, then moves as named
+            assert new is not None and switch.entry is not None
+            half = switch.entry_half
+            target = np.asarray(switch.entry, dtype=np.float64)
+            start = _entry_start(switch.entry, half)
+            d = np.asarray(MOTION_DIRECTIONS[new.motion], dtype=np.float64)
+            steps = np.maximum(f - (t0 + fpb), 0.0)[:, None]
+            line = target[None, :] + d[None, :] * switch.speeds[i] * steps
+            centers = np.stack([_fold(line[:, j], half, 1.0 - half) for j in range(2)], axis=1)
+            sliding = a < 1.0
+            centers[sliding] = start + a[sliding, None] * (target - start)
+            visible = a > 0.0
+            col_old = col_new = np.asarray(PALETTE[new.color], dtype=np.float64)
+            shapes = (new.shape, new.shape)
+        colors = (1.0 - a)[:, None] * col_old + a[:, None] * col_new
+        morph = a if shapes[0] != shapes[1] else np.zeros(num_frames)
+        out.append(Track(centers, visible, colors, shapes, morph, half))
+    return out
+
+
+def shape_level(shape: str, cx: np.ndarray, cy: np.ndarray, half: float, size: int) -> np.ndarray:
+    """Distance-like level function [T, size, size] of a shape (<= 0 inside; as ``shape_mask``)."""
+    coords = np.arange(size, dtype=np.float64) + 0.5
+    dx = coords[None, None, :] - cx[:, None, None]  # (T, 1, W)
+    dy = coords[None, :, None] - cy[:, None, None]  # (T, H, 1)
+    if shape == "circle":
+        return np.sqrt(dx * dx + dy * dy) - half
+    if shape == "square":
+        return np.maximum(np.abs(dx), np.abs(dy)) - half
+    if shape == "triangle":
+        # The slanted sides' distance is their half-plane value over the normal's length sqrt(1.25).
+        return np.maximum(np.abs(dy) - half, (np.abs(dx) - 0.5 * (dy + half)) / np.sqrt(1.25))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render_switch(spec: ClipSpec, switch: Switch, num_frames: int, size: int = 64) -> np.ndarray:
+    """Rasterise a switched clip into ``uint8 [num_frames, size, size, 3]``; the frames before
+    block k equal ``render(spec, ...)``, those from block k + 1 on show B exactly."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    frames[:] = np.asarray(spec.background, dtype=np.uint8)
+    for tr in tracks(spec, switch, num_frames):  # slot order = draw order
+        cx, cy, half = tr.centers[:, 0] * size, tr.centers[:, 1] * size, tr.half * size
+        mask = shape_mask(tr.shapes[0], cx, cy, half, size)  # [T, H, W]
+        if tr.shapes[1] != tr.shapes[0]:
+            done = tr.morph >= 1.0
+            mask[done] = shape_mask(tr.shapes[1], cx[done], cy[done], half, size)
+            mid = (tr.morph > 0.0) & ~done
+            if mid.any():
+                m = tr.morph[mid, None, None]
+                level = (1 - m) * shape_level(tr.shapes[0], cx[mid], cy[mid], half, size)
+                level += m * shape_level(tr.shapes[1], cx[mid], cy[mid], half, size)
+                mask[mid] = level <= 0.0
+        mask &= tr.visible[:, None, None]
+        colors = np.round(tr.colors).astype(np.uint8)  # [T, 3]
+        frames[mask] = np.broadcast_to(colors[:, None, None, :], frames.shape)[mask]
+    return frames
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    """What ``sample_switch`` draws."""
+
+    kind_probs: tuple[float, ...] = (0.25, 0.2, 0.2, 0.15, 0.2)
+    """Probabilities of ``SWITCH_KINDS`` (colour, shape, direction, still, count)."""
+    combo_prob: float = 0.25
+    """Share of attribute switches that change a second attribute of the same object too."""
+    blocks: tuple[int, int] = (1, 15)
+    """Range (inclusive) of the switch block k."""
+    geometry: GeometryConfig = GeometryConfig()
+
+    def __post_init__(self) -> None:
+        if len(self.kind_probs) != len(SWITCH_KINDS):
+            raise ValueError(f"kind_probs needs {len(SWITCH_KINDS)} entries, got {self.kind_probs}")
+        if min(self.kind_probs) < 0 or abs(sum(self.kind_probs) - 1.0) > 1e-6:
+            raise ValueError(f"kind_probs must be >= 0 and sum to 1, got {self.kind_probs}")
+        if not 0.0 <= self.combo_prob <= 1.0:
+            raise ValueError(f"combo_prob must be in [0, 1], got {self.combo_prob}")
+        if not 1 <= self.blocks[0] <= self.blocks[1]:
+            raise ValueError(f"blocks must satisfy 1 <= lo <= hi, got {self.blocks}")
+
+
+def _room(p: float, half: float, direction: int) -> float:
+    return (1.0 - half - p) if direction > 0 else (p - half)
+
+
+def _speed_for(
+    rng: np.random.Generator, motion: str, p: np.ndarray, half: float, geometry: GeometryConfig
+) -> float | None:
+    """A speed leaving ``run_frames`` of travel from p in ``motion``'s direction; None: no room."""
+    if motion == "still":
+        return 0.0
+    d = MOTION_DIRECTIONS[motion]
+    axis = 0 if d[0] else 1
+    lo, hi = geometry.speed_range
+    top = min(hi, _room(float(p[axis]), half, d[axis]) / max(geometry.run_frames, 1))
+    return float(rng.uniform(lo, top)) if top >= lo else None
+
+
+def build_switch(
+    spec: ClipSpec,
+    after: Sequence[ObjectAttrs],
+    block: int,
+    rng: np.random.Generator,
+    geometry: GeometryConfig | None = None,
+) -> Switch | None:
+    """The geometry of a switch to ``after`` at ``block``: speeds of changed motions (leaving room
+    to travel ``run_frames``), an entering object's size and place. None where a new motion has
+    no room. Does not check the after-switch scene (``switch_is_clear`` does)."""
+    geometry = geometry or GeometryConfig()
+    t0 = block * FRAMES_PER_BLOCK
+    speeds, entry, entry_half = [], None, 0.0
+    for i, new in enumerate(after):
+        if i < len(spec.objects):
+            old = spec.objects[i]
+            if new.motion == old.attrs.motion:
+                speeds.append(old.speed)
+                continue
+            p = object_centers(old, t0)[-1]
+            speed = _speed_for(rng, new.motion, p, old.half_size, geometry)
+        else:
+            entry_half = float(rng.uniform(*geometry.half_size_range))
+            d = MOTION_DIRECTIONS[new.motion]
+            if new.motion == "still":
+                side = int(rng.integers(4))
+                axis, sign = side // 2, (1 if side % 2 else -1)
+            else:
+                axis, sign = (0 if d[0] else 1), (d[0] or d[1])
+            c = [float(rng.uniform(entry_half, 1.0 - entry_half)) for _ in range(2)]
+            c[axis] = entry_half if sign > 0 else 1.0 - entry_half  # touches the edge it came in by
+            entry = (c[0], c[1])
+            speed = 0.0 if new.motion == "still" else float(rng.uniform(*geometry.speed_range))
+        if speed is None:
+            return None
+        speeds.append(speed)
+    sw = Switch(block, tuple(after), tuple(speeds), entry, entry_half)
+    check_switch(spec, sw)
+    return sw
+
+
+def switch_is_clear(spec: ClipSpec, switch: Switch, geometry: GeometryConfig | None = None) -> bool:
+    """Whether the after-switch scene reads as caption B: every moving object travels its named
+    direction for ``run_frames`` frames from the switch (an entering one from block k + 1), and
+    the objects' boxes stay apart from the switch until ``run_frames`` frames after block k."""
+    geometry = geometry or GeometryConfig()
+    run, fpb, t0 = max(geometry.run_frames, 1), switch.frames_per_block, switch.start_frame
+    end = t0 + fpb + run + 1
+    trs = tracks(spec, switch, end)
+    for i, new in enumerate(switch.after):
+        if new.motion == "still":
+            continue
+        first = t0 - 1 if i < len(spec.objects) else t0 + fpb
+        d = np.asarray(MOTION_DIRECTIONS[new.motion], dtype=np.float64)
+        steps = np.diff(trs[i].centers[first : first + run + 1], axis=0) @ d  # along the direction
+        if not (steps > 0).all():
+            return False
+    if len(trs) == 2:
+        both = trs[0].visible & trs[1].visible
+        gap = np.abs(trs[0].centers - trs[1].centers) - (trs[0].half + trs[1].half)  # [T, 2]
+        apart = (gap > 0.0).any(axis=1)
+        if not (apart | ~both)[t0:].all():
+            return False
+    return True
+
+
+def _other(rng: np.random.Generator, options: Sequence[str], current: str) -> str:
+    rest = [o for o in options if o != current]
+    return rest[int(rng.integers(len(rest)))]
+
+
+def _changed(rng: np.random.Generator, obj: ObjectAttrs, kind: str, taken: set[str]) -> ObjectAttrs | None:
+    """obj with one attribute changed by ``kind``; None when the kind does not apply."""
+    if kind == "color":
+        free = [c for c in COLORS if c not in taken]
+        return ObjectAttrs(free[int(rng.integers(len(free)))], obj.shape, obj.motion)  # type: ignore[arg-type]
+    if kind == "shape":
+        return ObjectAttrs(obj.color, _other(rng, SHAPES, obj.shape), obj.motion)  # type: ignore[arg-type]
+    if kind == "direction":
+        if obj.motion == "still":
+            return None
+        return ObjectAttrs(obj.color, obj.shape, _other(rng, MOTIONS[:4], obj.motion))  # type: ignore[arg-type]
+    moving = [m for m in MOTIONS if m != "still"]
+    motion = moving[int(rng.integers(len(moving)))] if obj.motion == "still" else "still"
+    return ObjectAttrs(obj.color, obj.shape, motion)  # type: ignore[arg-type]
+
+
+def sample_after(
+    rng: np.random.Generator, spec: ClipSpec, config: SwitchConfig
+) -> tuple[str, list[ObjectAttrs]]:
+    """A random switch kind ("color", "color+shape", "count", ...) and B's objects for ``spec``."""
+    attrs = list(spec.attrs)
+    taken = {o.color for o in attrs}
+    while True:
+        kind = SWITCH_KINDS[int(rng.choice(len(SWITCH_KINDS), p=config.kind_probs))]
+        if kind == "count":
+            if len(attrs) == 2:
+                return "count", attrs[:1]
+            free = [c for c in COLORS if c not in taken]
+            new = ObjectAttrs(
+                free[int(rng.integers(len(free)))],  # type: ignore[arg-type]
+                SHAPES[int(rng.integers(len(SHAPES)))],  # type: ignore[arg-type]
+                MOTIONS[int(rng.integers(len(MOTIONS)))],  # type: ignore[arg-type]
+            )
+            return "count", [*attrs, new]
+        i = int(rng.integers(len(attrs)))
+        changed = _changed(rng, attrs[i], kind, taken)
+        if changed is None:
+            continue
+        kinds = [kind]
+        if rng.random() < config.combo_prob:
+            second = _ATTRIBUTE_KINDS[int(rng.integers(len(_ATTRIBUTE_KINDS)))]
+            motion_pair = {kind, second} == {"direction", "still"}
+            if second != kind and not motion_pair:
+                again = _changed(rng, changed, second, taken)
+                if again is not None:
+                    changed, kinds = again, [kind, second]
+        attrs[i] = changed
+        return "+".join(sorted(kinds, key=SWITCH_KINDS.index)), attrs
+
+
+def sample_switch(
+    spec: ClipSpec, rng: np.random.Generator, config: SwitchConfig | None = None
+) -> tuple[str, Switch] | None:
+    """A random, clear switch for ``spec`` (its kind and the ``Switch``): kind, block k in
+    ``config.blocks`` and B's objects drawn until ``switch_is_clear``; None if no draw is."""
+    config = config or SwitchConfig()
+    for _ in range(_MAX_TRIES):
+        block = int(rng.integers(config.blocks[0], config.blocks[1] + 1))
+        kind, after = sample_after(rng, spec, config)
+        sw = build_switch(spec, after, block, rng, config.geometry)
+        if sw is not None and switch_is_clear(spec, sw, config.geometry):
+            return kind, sw
+    return None

@@ -1,7 +1,8 @@
 """The procedural captioned video world: coloured shapes moving over a dark background.
 
 Public API: the vocabulary (``palette``), clip specs and rendering (``render``), seeded sampling
-and ``clip_for`` (``generate``), prompt switches (``switch``), caption paraphrases (``captions``) and their parser (``parse``).
+and ``clip_for`` (``generate``), prompt switches (``switch``), caption paraphrases (``captions``)
+and their parser (``parse``).
 """
 
 from vidcascade.world.captions import canonical_caption, caption

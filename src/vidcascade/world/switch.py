@@ -401,3 +401,12 @@ def sample_switch(
         if sw is not None and switch_is_clear(spec, sw, config.geometry):
             return kind, sw
     return None
+
+
+def switch_overlaps(spec: ClipSpec, switch: Switch, num_frames: int) -> np.ndarray:
+    """bool [T]: frames where two visible objects' bounding boxes intersect (as ``box_overlaps``)."""
+    trs = tracks(spec, switch, num_frames)
+    if len(trs) < 2:
+        return np.zeros(num_frames, dtype=bool)
+    gap = np.abs(trs[0].centers - trs[1].centers) - (trs[0].half + trs[1].half)  # [T, 2]
+    return np.all(gap <= 0.0, axis=1) & trs[0].visible & trs[1].visible

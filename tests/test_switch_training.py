@@ -189,3 +189,57 @@ def test_switch_data_keeps_the_plain_clips(tmp_path: Path) -> None:
             f = 3 * int(k[i])
             assert torch.allclose(s["latents"][i, :, :f].float(), a["latents"][i, :, :f].float(), atol=1e-3)
             assert len(s["captions_after"][i]) == 2 and s["attrs_after"][i] is not None
+
+
+def test_teacher_velocity_with_two_prompts_is_guided_on_both() -> None:
+    from vidcascade.training.distill import teacher_velocity
+
+    torch.manual_seed(0)
+    teacher = init_weights(CausalWanDiT(MICRO), 3).eval()
+    x = torch.randn(2, MICRO.in_dim, 6, 4, 4)
+    sigma, nxt = torch.full((2, 6), 0.75), torch.full((2, 6), 0.5)
+    both = torch.randn(2, 2, MICRO.text_len, MICRO.text_dim)
+    idx = torch.tensor([[0] * 3 + [1] * 3, [1] * 6])
+    pos = torch.arange(6)
+    got = teacher_velocity(teacher, x, sigma, nxt, (both, idx), pos, None, substeps=1, guidance=2.0)
+    with torch.no_grad():
+        vc = teacher(x, 1000 * sigma, both, frame_text=idx, frame_pos=pos)
+        vu = teacher(x, 1000 * sigma, torch.zeros_like(both), frame_text=idx, frame_pos=pos)
+    assert torch.allclose(got, vu + 2.0 * (vc - vu), atol=1e-5)
+
+
+def test_trainers_run_on_switch_data(tmp_path: Path) -> None:
+    """A few DiT and distillation steps (rollouts included) on data whose clips switch prompts."""
+    from safetensors.torch import save_file
+
+    from vidcascade.config import model_preset
+    from vidcascade.training.distill import DistillConfig, distill
+    from vidcascade.training.dit_train import DiTTrainConfig, train_dit
+
+    cfg = model_preset("tiny")
+    g = torch.Generator().manual_seed(0)
+    block = torch.tensor([-1, 2, 1, 3])
+    data = {
+        "latents": torch.randn(4, cfg.in_dim, 12, 8, 8, generator=g).half(),
+        "text": torch.randn(4, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
+        "attrs": [[("red", "circle", "left")] * (1 + i % 2) for i in range(4)],
+        "overlap": torch.zeros(4, 12, dtype=torch.bool),
+        "switch_block": block,
+        "text_after": torch.randn(3, 2, cfg.text_len, cfg.text_dim, generator=g).half(),
+    }
+    torch.save(data, tmp_path / "latents.pt")
+    tcfg = DiTTrainConfig(steps=2, tokens_per_step=300, checkpoint_every=1, switch_share=1.0)
+    train_dit(tmp_path / "latents.pt", tmp_path, tcfg)
+    assert (tmp_path / "dit_ema.safetensors").exists()
+    save_file(init_weights(CausalWanDiT(cfg), 1).state_dict(), str(tmp_path / "dit_ema.safetensors"))
+    dcfg = DistillConfig(
+        steps=2,
+        substeps=1,
+        tokens_per_step=200,
+        checkpoint_every=1,
+        layouts=DiTTrainConfig(first_prob=0.01, switch_share=1.0),
+        rollout_clips=3,
+        rollout_share=1.0,
+    )
+    distill(tmp_path / "latents.pt", tmp_path, dcfg)
+    assert torch.load(tmp_path / "distill_ckpt.pt", weights_only=False)["step"] == 2

@@ -354,14 +354,21 @@ def _changed(rng: np.random.Generator, obj: ObjectAttrs, kind: str, taken: set[s
     return ObjectAttrs(obj.color, obj.shape, motion)  # type: ignore[arg-type]
 
 
+def _applies(kind: str, attrs: Sequence[ObjectAttrs]) -> bool:
+    """Whether a switch of ``kind`` can change one of the objects (direction: a moving one)."""
+    return kind != "direction" or any(o.motion != "still" for o in attrs)
+
+
 def sample_after(
-    rng: np.random.Generator, spec: ClipSpec, config: SwitchConfig
+    rng: np.random.Generator, spec: ClipSpec, config: SwitchConfig, kind: str | None = None
 ) -> tuple[str, list[ObjectAttrs]]:
-    """A random switch kind ("color", "color+shape", "count", ...) and B's objects for ``spec``."""
+    """A random switch kind ("color", "color+shape", "count", ...) and B's objects for ``spec``;
+    ``kind`` given: a switch of that (first) kind, which must apply (``_applies``)."""
     attrs = list(spec.attrs)
     taken = {o.color for o in attrs}
     while True:
-        kind = SWITCH_KINDS[int(rng.choice(len(SWITCH_KINDS), p=config.kind_probs))]
+        if kind is None or not _applies(kind, attrs):
+            kind = SWITCH_KINDS[int(rng.choice(len(SWITCH_KINDS), p=config.kind_probs))]
         if kind == "count":
             if len(attrs) == 2:
                 return "count", attrs[:1]
@@ -391,12 +398,17 @@ def sample_after(
 def sample_switch(
     spec: ClipSpec, rng: np.random.Generator, config: SwitchConfig | None = None
 ) -> tuple[str, Switch] | None:
-    """A random, clear switch for ``spec`` (its kind and the ``Switch``): kind, block k in
-    ``config.blocks`` and B's objects drawn until ``switch_is_clear``; None if no draw is."""
+    """A random, clear switch for ``spec`` (its kind and the ``Switch``): the kind once, then block
+    k in ``config.blocks`` and B's objects drawn until ``switch_is_clear``; None if no draw is."""
     config = config or SwitchConfig()
+    # The kind is drawn once: redrawing it with the block would favour the kinds that are clear
+    # more often (stopping an object frees it from needing room), not the configured mix.
+    first = None
+    while first is None or not _applies(first, spec.attrs):
+        first = SWITCH_KINDS[int(rng.choice(len(SWITCH_KINDS), p=config.kind_probs))]
     for _ in range(_MAX_TRIES):
         block = int(rng.integers(config.blocks[0], config.blocks[1] + 1))
-        kind, after = sample_after(rng, spec, config)
+        kind, after = sample_after(rng, spec, config, first)
         sw = build_switch(spec, after, block, rng, config.geometry)
         if sw is not None and switch_is_clear(spec, sw, config.geometry):
             return kind, sw

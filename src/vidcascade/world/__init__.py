@@ -21,14 +21,8 @@ from vidcascade.world.palette import (
 )
 from vidcascade.world.parse import parse_caption
 from vidcascade.world.render import ClipSpec, ObjectSpec, object_centers, render
-from vidcascade.world.switch import (
-    SWITCH_KINDS,
-    Switch,
-    SwitchConfig,
-    build_switch,
-    render_switch,
-    sample_switch,
-)
+from vidcascade.world.switch import SWITCH_KINDS, Switch, render_switch
+from vidcascade.world.switch_sample import SwitchConfig, build_switch, sample_switch
 
 __all__ = [
     "COLORS",

@@ -23,7 +23,7 @@ from torch import nn
 from ..config import ModelConfig
 from .rope import RopeTables, apply_rope
 
-TextKV = list[tuple[torch.Tensor, torch.Tensor]]
+TextKV = list[tuple[torch.Tensor, ...]]
 
 
 class KVAccess(Protocol):
@@ -52,7 +52,7 @@ class LayerHook(Protocol):
         e0: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        text: tuple[torch.Tensor, torch.Tensor],
+        text: tuple[torch.Tensor, ...],
         kv: KVAccess | None,
         attn_mask: torch.Tensor | None,
     ) -> torch.Tensor:
@@ -183,12 +183,16 @@ class CrossAttention(_Projections):
         v = self.v(context).view(b, n, self.num_heads, self.head_dim)
         return k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """mask [B, 1, N, Lk] bool (True = attend): which text keys each token sees (per-frame
+        prompts, ``CausalWanDiT.forward``'s ``frame_text``); None: all of them."""
         b, n, d = x.shape
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         if k.shape[0] != b:  # one prompt shared by a batch
             k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, Dh]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, N, Dh]
         return self.o(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -215,7 +219,7 @@ class WanBlock(nn.Module):
         e0: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        text: tuple[torch.Tensor, torch.Tensor],
+        text: tuple[torch.Tensor, ...],
         layer: int,
         kv: KVAccess | None,
         attn_mask: torch.Tensor | None,
@@ -240,7 +244,7 @@ class WanBlock(nn.Module):
         e0: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        text: tuple[torch.Tensor, torch.Tensor],
+        text: tuple[torch.Tensor, ...],
         layer: int,
         kv: KVAccess | None,
         attn_mask: torch.Tensor | None,
@@ -259,6 +263,8 @@ class WanBlock(nn.Module):
         xm = modulate(self.norm1(x), mod[:, :, 0], mod[:, :, 1])  # [B, N, D] all tokens: K/V for all
         y = self.self_attn.forward_rows(xm, cos, sin, layer, kv, attn_mask, rows)  # [B, f*tpf, D]
         xs = gated(x[:, rows], y, gate_sa)  # [B, f*tpf, D]
+        if len(text) == 3:  # per-frame prompts: the computed tokens' rows of the text mask
+            text = (text[0], text[1], text[2][:, :, rows])
         xs = xs + self.cross_attn(self.norm3(xs), *text)
         y = self.ffn(modulate(self.norm2(xs), shift_ff, scale_ff))
         out = x + residual  # [B, N, D]
@@ -332,6 +338,30 @@ class CausalWanDiT(nn.Module):
         emb = self.embed_text(context)
         return [blk.cross_attn.text_kv(emb) for blk in self.blocks]
 
+    def frame_text_kv(
+        self, context: torch.Tensor | None, frame_text: torch.Tensor, tokens_per_frame: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer (k, v, mask) of P prompts per sample, context [B, P, L, text_dim], and
+        frame_text [B, F]: k, v [B, H, P*L, Dh], mask [B, 1, N, P*L] (token -> its frame's prompt)."""
+        if context is None or context.dim() != 4:
+            shape = None if context is None else list(context.shape)
+            raise ValueError(f"frame_text needs context [B, P, L, text_dim], got {shape}")
+        b, p = context.shape[:2]
+        if frame_text.shape[0] != b or int(frame_text.max()) >= p or int(frame_text.min()) < 0:
+            raise ValueError(
+                f"frame_text [B={b}, F] must index the {p} prompts, got {list(frame_text.shape)}"
+            )
+        n_text = self.cfg.text_len
+        tok = frame_text.repeat_interleave(tokens_per_frame, dim=1)  # [B, N]
+        key = torch.arange(p, device=tok.device).repeat_interleave(n_text)  # [P*L]
+        mask = (tok[:, :, None] == key[None, None, :])[:, None]  # [B, 1, N, P*L]
+        out = []
+        for k, v in self.text_kv(context.flatten(0, 1)):  # [B*P, H, L, Dh] each
+            k = k.unflatten(0, (b, p)).transpose(1, 2).flatten(2, 3)  # [B, H, P*L, Dh]
+            v = v.unflatten(0, (b, p)).transpose(1, 2).flatten(2, 3)
+            out.append((k, v, mask))
+        return out
+
     def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t [B, F] -> e [B, F, D] and e0 [B, F, 6, D], both fp32."""
         emb = sinusoidal_embedding(t, self.cfg.freq_dim)  # [B, F, freq_dim]
@@ -363,10 +393,13 @@ class CausalWanDiT(nn.Module):
         kv: KVAccess | None = None,
         attn_mask: torch.Tensor | None = None,
         layer_hook: LayerHook | None = None,
+        frame_text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow velocity for latents x [B, C, F, H, W] at timesteps t [B] or [B, F] (0..1000).
 
-        context [B, L, text_dim] (or its precomputed ``text_kv``); frame_pos [F] absolute frame
+        context [B, L, text_dim] (or its precomputed ``text_kv``); with ``frame_text`` [B, F]
+        (long), context is [B, P, L, text_dim]: P prompts per sample, and the tokens of frame f
+        attend to prompt frame_text[:, f] only (training across a prompt switch); frame_pos [F] absolute frame
         indices for RoPE (default 0..F-1); kv: the K/V store of the engine; attn_mask [N, Nk] bool
         (True = attend) when no store is given; layer_hook: a feature cache that runs the DiT
         blocks itself (vidcascade.caching). Returns [B, out_dim, F, H, W].
@@ -386,6 +419,8 @@ class CausalWanDiT(nn.Module):
             frame_pos = torch.arange(nf, device=x.device)
         elif not isinstance(frame_pos, torch.Tensor):
             frame_pos = torch.as_tensor(list(frame_pos), dtype=torch.long, device=x.device)
+        if frame_text is not None:
+            text_kv = self.frame_text_kv(context, frame_text, gh * gw)
         if text_kv is None:
             if context is None:
                 raise ValueError("give either context or text_kv")

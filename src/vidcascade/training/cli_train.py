@@ -140,6 +140,14 @@ def add_train_parser(sub) -> None:
     )
     t.add_argument("--clips", type=int, default=None, help="training clips to encode (data stage)")
     t.add_argument(
+        "--switch-share",
+        type=float,
+        default=None,
+        help="prompt switches: data: share of clips with a switch at a random block (default 0: the "
+        "data of old); dit / distill: share of samples from clips whose switch falls inside the "
+        "sample's blocks, each block conditioned on the caption it was made under (default 0)",
+    )
+    t.add_argument(
         "--text-mode",
         choices=["sentence", "clauses"],
         default=None,
@@ -203,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = Path(args.run)
     vcfg = VAETrainConfig(seed=args.seed, **_given(steps=args.vae_steps))
     ftcfg = DecoderTuneConfig(**_given(steps=args.decoder_steps))
-    dcfg = DataConfig(**_given(clips=args.clips, text_mode=args.text_mode))
+    dcfg = DataConfig(**_given(clips=args.clips, text_mode=args.text_mode, switch_share=args.switch_share))
     tcfg = DiTTrainConfig(
         seed=args.seed,
         **_given(
@@ -216,6 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             context_noise=args.context_noise,
             init_from=args.dit_init,
             lr=args.dit_lr,
+            switch_share=args.switch_share,
         ),
     )
     klayouts = DistillConfig().layouts
@@ -223,6 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         klayouts = dataclasses.replace(klayouts, bidirectional_prob=args.distill_bidirectional_prob)
     if args.distill_overlap_share is not None:
         klayouts = dataclasses.replace(klayouts, overlap_share=args.distill_overlap_share)
+    if args.switch_share is not None:
+        klayouts = dataclasses.replace(klayouts, switch_share=args.switch_share)
     kcfg = DistillConfig(
         seed=args.seed,
         layouts=klayouts,

@@ -37,6 +37,7 @@ from ..models.wan_dit import CausalWanDiT
 from .common import fit, require_at_least_one, require_context_noise, start_run
 from .dit_train import Batcher, DiTTrainConfig
 from .latent_data import block_overlaps, data_text_mode
+from .switch_text import Text, text_kwargs, with_empty
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ class DistillConfig:
     layouts: DiTTrainConfig = dataclasses.field(
         default_factory=lambda: DiTTrainConfig(first_prob=0.4, bidirectional_prob=0.75)
     )
-    """Layout mix (video starts, context depth, attention) and clip mix; only its layout fields are
-    used. Bidirectional share 0.75 (phase 5: 0.6, the DiT's)."""
+    """Layout mix (video starts, context depth, attention) and clip mix (two objects, overlaps,
+    prompt switches: ``switch_share``); only these fields are used. Bidirectional share 0.75
+    (phase 5: 0.6, the DiT's). A tick across a switch conditions each block as the engine does:
+    every in-flight block on the new prompt from the tick at which the switch block starts."""
     init_from: str | None = None
     """Start the student from these weights (an earlier student's ``dit_distilled_ema.safetensors``
     or a ``distill_ckpt.pt``) instead of the teacher's, to re-fit a distilled student to a
@@ -117,7 +120,7 @@ def teacher_velocity(
     x_t: torch.Tensor,
     sigma: torch.Tensor,
     sigma_next: torch.Tensor,
-    ctx: torch.Tensor,
+    ctx: Text,
     pos: torch.Tensor,
     mask: torch.Tensor,
     substeps: int,
@@ -127,13 +130,13 @@ def teacher_velocity(
     the guided teacher does in ``substeps`` Euler steps. Frames with sigma == sigma_next (clean
     context, cache step) do not move."""
     b = x_t.shape[0]
-    ctx2 = torch.cat([ctx, torch.zeros_like(ctx)]) if guidance != 1.0 else ctx
+    text = text_kwargs(with_empty(ctx) if guidance != 1.0 else ctx)
     x = x_t.clone()
     for j in range(substeps):
         s0 = sigma + (sigma_next - sigma) * (j / substeps)  # [B, F]
         s1 = sigma + (sigma_next - sigma) * ((j + 1) / substeps)
         xin, tin = (torch.cat([x, x]), torch.cat([s0, s0])) if guidance != 1.0 else (x, s0)
-        v = teacher(xin, 1000.0 * tin, ctx2, frame_pos=pos, attn_mask=mask)
+        v = teacher(xin, 1000.0 * tin, **text, frame_pos=pos, attn_mask=mask)
         if guidance != 1.0:
             v = v[b:] + guidance * (v[:b] - v[b:])
         x = x + (s1 - s0)[:, None, :, None, None] * v
@@ -234,6 +237,7 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
         two_object_share=lay.two_object_share,
         context_noise=cfg.context_noise,
         overlap_share=lay.overlap_share,
+        switch_share=lay.switch_share,
     )
     sampler = lay.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     sched = sampler.schedule_sigmas
@@ -260,7 +264,7 @@ def distill(data_path: Path, run_dir: Path, cfg: DistillConfig, minutes: float |
             if rows is None
             else with_drawn_blocks(x_t, bank["latents"][torch.from_numpy(rows)], layout, own, fpb)
         )
-        v = student(x_in, t, ctx, frame_pos=pos, attn_mask=mask)
+        v = student(x_in, t, **text_kwargs(ctx), frame_pos=pos, attn_mask=mask)
         loss = (v - target).square().mean(dim=(1, 3, 4))[:, loss_frames].mean()
         return loss, {"blocks": len(layout.clip_blocks), "own": float(rows is not None)}
 

@@ -21,8 +21,9 @@ import torch
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT, init_weights
 from .common import fit, require_at_least_one, require_context_noise, start_run
-from .latent_data import block_overlaps, data_text_mode
+from .latent_data import block_overlaps, data_text_mode, switch_rows
 from .layouts import LayoutSampler, layout_mask
+from .switch_text import block_prompts, drop_text, select_text, text_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class DiTTrainConfig:
     own outputs, not the world's clean latents. Phase 5 was run with (0.5, 0.1) but, through a
     bug fixed since, the trainer never handed it to its batches: the shipped teacher saw clean
     context only, so the default is what it ran with. The distillation (DistillConfig) does use it."""
+    switch_share: float = 0.0
+    """Share of samples drawn from clips with a prompt switch inside the sample's blocks (where
+    the data has such clips: ``train data --switch-share``); each block is conditioned on the
+    caption the engine's schedule makes it under (switch_text.py). 0 up to phase 8."""
     bidirectional_prob: float = 0.6
     """Share of multi-block tick layouts with bidirectional in-flight attention (0.45 to step
     10,000)."""
@@ -95,6 +100,8 @@ class DiTTrainConfig:
             raise ValueError(f"two_object_share must be in [0, 1] or None, got {self.two_object_share}")
         if not 0.0 <= self.overlap_share <= 1.0:
             raise ValueError(f"overlap_share must be in [0, 1], got {self.overlap_share}")
+        if not 0.0 <= self.switch_share <= 1.0:
+            raise ValueError(f"switch_share must be in [0, 1], got {self.switch_share}")
         require_context_noise(self.context_noise)
         self.layout_sampler(16)  # validates the layout fields
 
@@ -119,9 +126,17 @@ class Batcher:
         two_object_share: float | None = None,
         context_noise: tuple[float, float] = (0.0, 0.0),
         overlap_share: float = 0.0,
+        switch_share: float = 0.0,
+        steps: int = 4,
     ) -> None:
         self.latents = data["latents"]  # fp16 [N, z, T, h, w]
         self.text = data["text"]  # fp16 [N, P, L, D]
+        self.switch_block, self.after_row = switch_rows(data)  # int [N] each, -1: no switch
+        self.text_after = data.get("text_after")  # fp16 [M, P, L, D] of the switched clips
+        self.switch_share = switch_share
+        self.steps = steps
+        if switch_share > 0 and not (self.switch_block >= 0).any():
+            log.warning("switch_share %s: no clip in the data has a prompt switch", switch_share)
         self.tpf = tokens_per_frame
         self.fpb = frames_per_block
         self.text_dropout = text_dropout
@@ -158,7 +173,26 @@ class Batcher:
             if len(pool):
                 hit = rng.random(batch) < self.overlap_share
                 out = np.where(hit, pool[rng.integers(len(pool), size=batch)], out)
+        if self.switch_share > 0 and blocks is not None:
+            # Clips whose switch block is one of the sample's blocks, after its first.
+            k = self.switch_block
+            pool = np.flatnonzero(np.isin(k, list(blocks)) & (k > blocks[0]))
+            if len(pool):
+                hit = rng.random(batch) < self.switch_share
+                out = np.where(hit, pool[rng.integers(len(pool), size=batch)], out)
         return out
+
+    def batch_text(self, idx: torch.Tensor, cap: torch.Tensor, layout) -> torch.Tensor | tuple:
+        """Text of clips ``idx`` [B] (caption indices ``cap`` [B]): each block the caption its
+        tick's schedule makes it under (switch_text.py); plain clips keep caption A."""
+        ctx = self.text[idx, cap].float()  # [B, L, D]
+        k = self.switch_block[idx.numpy()]
+        which = block_prompts(layout, k, self.steps)  # [B, nb]
+        if not which.any():
+            return ctx
+        rows = torch.from_numpy(np.maximum(self.after_row[idx.numpy()], 0))
+        after = torch.where(torch.from_numpy(k >= 0)[:, None, None], self.text_after[rows, cap].float(), ctx)
+        return select_text(ctx, after, which, self.fpb)
 
     def make(self, rng: np.random.Generator, layout, batch: int, clips: np.ndarray | None = None):
         """Tensors of one layout: random clips (or the given clip indices [batch])."""
@@ -168,9 +202,9 @@ class Batcher:
         fpb = self.fpb
         frames = torch.cat([torch.arange(b * fpb, (b + 1) * fpb) for b in layout.clip_blocks])
         x0 = self.latents[idx][:, :, frames].float()  # [B, z, F, h, w]
-        ctx = self.text[idx, cap].float()  # [B, L, D]
+        ctx = self.batch_text(idx, cap, layout)  # [B, L, D], or both prompts across a switch
         if self.text_dropout:
-            ctx[torch.from_numpy(rng.random(batch) < self.text_dropout)] = 0.0
+            ctx = drop_text(ctx, torch.from_numpy(rng.random(batch) < self.text_dropout))
         sig = torch.tensor(layout.sigmas, dtype=torch.float32).T.repeat_interleave(fpb, dim=1)  # [B, F]
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         eps = torch.randn(x0.shape, generator=gen)
@@ -199,7 +233,7 @@ def cpu_has_native_bf16() -> bool:
 
 def dit_loss(model, x_t, t, ctx, target, loss_frames, pos, mask, bf16: bool) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        v = model(x_t, t, ctx, frame_pos=pos, attn_mask=mask)
+        v = model(x_t, t, **text_kwargs(ctx), frame_pos=pos, attn_mask=mask)
     err = (v.float() - target).square().mean(dim=(1, 3, 4))  # [B, F]
     return err[:, loss_frames].mean()
 
@@ -221,6 +255,7 @@ def train_dit(data_path: Path, out_dir: Path, cfg: DiTTrainConfig, minutes: floa
         two_object_share=cfg.two_object_share,
         context_noise=cfg.context_noise,
         overlap_share=cfg.overlap_share,
+        switch_share=cfg.switch_share,
     )
     sampler = cfg.layout_sampler(clip_blocks=data["latents"].shape[2] // 3)
     bf16 = cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16

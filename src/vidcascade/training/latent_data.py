@@ -13,6 +13,14 @@ Stored in one .pt file::
     overlap   bool [N, T]            frames where the two objects' bounding boxes intersect
     config    dict                   the DataConfig, text_mode included ("sentence" if absent)
 
+With ``switch_share`` > 0 a share of the clips carry a prompt switch (world/switch.py): caption A
+for blocks < k, caption B from block k. Those files also hold (absent: no clip switches)::
+
+    switch_block    int64 [N]              k, or -1 for a clip without a switch
+    captions_after  list[list[str]]        the P captions of B ([] without a switch)
+    attrs_after     list[list[tuple]|None] B's objects (None without a switch)
+    text_after      fp16 [M, P, L, 384]    B's token states, one row per switched clip, in clip order
+
 The captions are kept so that the text alone can be encoded again (``reencode_text``, the
 ``train text`` stage) when the text mode changes: that takes about a minute, the latents 13.
 """
@@ -29,8 +37,9 @@ import torch
 from ..models.wan_vae import WanVAE
 from ..models.wan_vae_blocks import CausalState
 from ..weights.embedded import check_text_mode
-from ..world import caption, render, sample_spec
+from ..world import SwitchConfig, caption, render, render_switch, sample_spec, sample_switch
 from ..world.generate import box_overlaps
+from ..world.switch import switch_overlaps
 from .common import to_video_tensor
 
 log = logging.getLogger(__name__)
@@ -50,9 +59,15 @@ class DataConfig:
     """How captions reach MiniLM (models/embedded.py TEXT_MODES): clause by clause, so that each
     object's words get token states of their own. Up to step 14,000 the DiT was trained on
     whole-sentence states ("sentence")."""
+    switch_share: float = 0.0
+    """Share of clips with a prompt switch at a random block k >= 1 (world/switch.py). The switches
+    are drawn from a generator of their own, so every clip without one is the clip the same seed
+    gives at share 0; share 0 writes the file of old, bit for bit."""
 
     def __post_init__(self) -> None:
         check_text_mode(self.text_mode)
+        if not 0.0 <= self.switch_share <= 1.0:
+            raise ValueError(f"switch_share must be in [0, 1], got {self.switch_share}")
 
 
 def object_overlaps(data: dict) -> np.ndarray:
@@ -85,6 +100,20 @@ def block_overlaps(data: dict, frames_per_block: int) -> np.ndarray:
     return frames[:, : t - t % frames_per_block].reshape(n, -1, frames_per_block).any(-1)
 
 
+def switch_rows(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per clip: its switch block k (-1: none) and its row in ``text_after`` (-1: none), int [N] each.
+    Files without switches (all files from before them) give -1 everywhere."""
+    n = len(data["text"])
+    if "switch_block" not in data:
+        return np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    block = np.asarray(data["switch_block"], dtype=np.int64)
+    has = block >= 0
+    rows = np.where(has, np.cumsum(has) - 1, -1)
+    if int(has.sum()) != len(data["text_after"]):
+        raise ValueError(f"{int(has.sum())} clips switch but text_after has {len(data['text_after'])} rows")
+    return block, rows
+
+
 def data_text_mode(data: dict) -> str:
     """The text mode a latent data file was encoded with (files from before text modes: sentence)."""
     return (data.get("config") or {}).get("text_mode", "sentence")
@@ -93,6 +122,8 @@ def data_text_mode(data: dict) -> str:
 @torch.no_grad()
 def encode_captions(text_encoder, captions: list[list[str]], batch: int = 256) -> torch.Tensor:
     """fp16 [N, P, L, D] token states of P captions per clip."""
+    if not captions:
+        return torch.zeros(0, 0, text_encoder.text_len, text_encoder.text_dim, dtype=torch.float16)
     n, p = len(captions), len(captions[0])
     out = torch.zeros(n, p, text_encoder.text_len, text_encoder.text_dim, dtype=torch.float16)
     step = max(1, batch // p)
@@ -115,6 +146,8 @@ def reencode_text(data_path: Path, text_encoder, text_mode: str, only_if_changed
         raise ValueError(f"{data_path} holds no captions to encode again (rebuild it: train data)")
     log.info("encoding the captions of %s again: %s -> %s text", data_path, data_text_mode(data), text_mode)
     data["text"] = encode_captions(text_encoder, data["captions"])
+    if "text_after" in data:
+        data["text_after"] = encode_captions(text_encoder, [c for c in data["captions_after"] if c])
     data["config"] = {**(data.get("config") or {}), "text_mode": check_text_mode(text_mode)}
     tmp = data_path.with_suffix(".tmp")
     torch.save(data, tmp)
@@ -134,30 +167,61 @@ def build_latent_data(vae: WanVAE, text_encoder, out: Path, cfg: DataConfig) -> 
     captions: list[list[str]] = []
     attrs: list[list[tuple[str, str, str]]] = []
     overlap = np.zeros((cfg.clips, t), dtype=bool)
+    # Switches come from a generator of their own: the plain clips stay those of share 0.
+    srng = np.random.default_rng([cfg.seed, 25])
+    switches = SwitchConfig(blocks=(1, t // 3 - 1))
+    switch_block = np.full(cfg.clips, -1, dtype=np.int64)
+    captions_after: list[list[str]] = []
+    attrs_after: list[list[tuple[str, str, str]] | None] = []
     for start in tqdm(range(0, cfg.clips, cfg.batch), desc="encode clips", unit="batch", mininterval=5):
         n = min(cfg.batch, cfg.clips - start)
         frames = np.empty((n, t, 64, 64, 3), dtype=np.uint8)
         for i in range(n):
             spec = sample_spec(rng, cfg.two_object_prob)
-            frames[i] = render(spec, t)
+            drawn = None
+            if cfg.switch_share > 0 and srng.random() < cfg.switch_share:
+                drawn = sample_switch(spec, srng, switches)
             caps = [caption(spec, rng) for _ in range(c)]
             captions.append(caps)
             attrs.append([(a.color, a.shape, a.motion) for a in spec.attrs])
-            overlap[start + i] = box_overlaps(spec.objects, t)
+            if drawn is None:
+                frames[i] = render(spec, t)
+                overlap[start + i] = box_overlaps(spec.objects, t)
+                captions_after.append([])
+                attrs_after.append(None)
+            else:
+                sw = drawn[1]
+                frames[i] = render_switch(spec, sw, t)
+                overlap[start + i] = switch_overlaps(spec, sw, t)
+                switch_block[start + i] = sw.block
+                captions_after.append([caption(sw.after, srng) for _ in range(c)])
+                attrs_after.append([(a.color, a.shape, a.motion) for a in sw.after])
         moments, _ = vae.encode_step(to_video_tensor(frames), CausalState())
         latents[start : start + n] = vae.normalize(moments.chunk(2, dim=1)[0]).half()
     text = encode_captions(text_encoder, captions)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "latents": latents,
-            "text": text,
-            "captions": captions,
-            "attrs": attrs,
-            "overlap": torch.from_numpy(overlap),
-            "config": cfg.__dict__,
-        },
+    config = dict(cfg.__dict__)
+    data = {
+        "latents": latents,
+        "text": text,
+        "captions": captions,
+        "attrs": attrs,
+        "overlap": torch.from_numpy(overlap),
+        "config": config,
+    }
+    if cfg.switch_share > 0:
+        data["switch_block"] = torch.from_numpy(switch_block)
+        data["captions_after"] = captions_after
+        data["attrs_after"] = attrs_after
+        data["text_after"] = encode_captions(text_encoder, [caps for caps in captions_after if caps])
+    else:
+        del config["switch_share"]  # the file of old, bit for bit
+    torch.save(data, out)
+    log.info(
+        "wrote %s: %d clips x %d frames, %d with a prompt switch",
         out,
+        cfg.clips,
+        t,
+        int((switch_block >= 0).sum()),
     )
-    log.info("wrote %s: %d clips x %d frames", out, cfg.clips, t)
     return out

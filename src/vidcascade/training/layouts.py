@@ -39,6 +39,12 @@ class Layout:
     bidirectional: bool
     """Whether the in-flight blocks (after the context) see each other in both directions."""
     style: str
+    stages: tuple[int, ...] | None = None
+    """Tick layouts: the schedule stage of each sequence block (-1 committed context, S the cache
+    step); None for the styles without a tick. With ``lag`` it places the sample on the engine's
+    tick clock (which prompt each block was made under across a switch: switch_text.py)."""
+    lag: int | None = None
+    """Tick layouts: the cascade lag L (block b at stage s at tick b*L + s)."""
 
 
 def shifted(u: np.ndarray | float, shift: float) -> np.ndarray | float:
@@ -132,7 +138,11 @@ class LayoutSampler:
         )
         blocks, positions = self._place(rng, n_ctx, nb, style == "first")
         sigmas = ((0.0,) * batch,) * n_ctx + tuple(sig)
-        return Layout(blocks, positions, sigmas, (False,) * n_ctx + tuple(loss), n_ctx, bidirectional, style)
+        loss = (False,) * n_ctx + tuple(loss)
+        if style != "tick":
+            return Layout(blocks, positions, sigmas, loss, n_ctx, bidirectional, style)
+        tick_stages = (-1,) * n_ctx + tuple(int(s) for s in stages)  # type: ignore[arg-type]
+        return Layout(blocks, positions, sigmas, loss, n_ctx, bidirectional, style, tick_stages, lag)
 
     @property
     def _room(self) -> int:
@@ -191,8 +201,9 @@ class LayoutSampler:
         sched = (*self.schedule_sigmas, 0.0)
         sigmas = ((0.0,) * batch,) * n_ctx + tuple((sched[s],) * batch for s in stages)
         loss = (False,) * n_ctx + tuple(s != steps for s in stages)
-        layout = Layout(blocks, positions, sigmas, loss, n_ctx, bidirectional, "tick")
-        return layout, (-1,) * n_ctx + tuple(stages)
+        all_stages = (-1,) * n_ctx + tuple(stages)
+        layout = Layout(blocks, positions, sigmas, loss, n_ctx, bidirectional, "tick", all_stages, lag)
+        return layout, all_stages
 
 
 def layout_mask(layout: Layout, tokens_per_block: int) -> np.ndarray:

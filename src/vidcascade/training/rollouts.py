@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from ..models.wan_dit import CausalWanDiT
+from .latent_data import switch_rows
 from .layouts import Layout, layout_mask
+from .switch_text import block_prompts, select_text, text_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,16 @@ def rollout_clips(
     frames_per_block: int = 3,
     seed: int = 0,
     one_step: bool = True,
+    text_after: torch.Tensor | None = None,
+    switch_block: np.ndarray | None = None,
 ) -> torch.Tensor:
     """latents [B, z, T, h, w] (the true clips; block 0 is kept), text [B, L, D] -> [B, z, blocks *
     frames_per_block, h, w]: block 0 true, blocks 1.. the model's own, drawn from the caption.
     ``one_step``: each block drawn from the *true* earlier blocks (its own error only, so the
     object stays where the true clip has it and the true next block is a fair target); else
-    free-running from the sink (errors add up and positions wander off the true clip)."""
+    free-running from the sink (errors add up and positions wander off the true clip).
+    ``text_after`` [B, L, D] and ``switch_block`` [B] (-1: none): clips with a prompt switch; a
+    rollout is the sequential pipeline, so blocks >= k (context too) are made under the new text."""
     fpb = frames_per_block
     if blocks * fpb > latents.shape[2]:
         raise ValueError(
@@ -70,6 +76,11 @@ def rollout_clips(
             style="rollout",
         )
         mask = torch.from_numpy(layout_mask(layout, tpb))
+        cond = text
+        if text_after is not None and switch_block is not None:
+            which = block_prompts(layout, switch_block, len(schedule))  # [B, nb]
+            if which.any():
+                cond = select_text(text, text_after, which, fpb)
         pos = torch.cat([torch.arange(i * fpb, (i + 1) * fpb) for i in seq])
         src = true if one_step else out
         ctx = torch.cat([src[:, :, i * fpb : (i + 1) * fpb] for i in ctx_blocks], dim=2)  # [B, z, Fc, h, w]
@@ -77,7 +88,7 @@ def rollout_clips(
         nc = ctx.shape[2]
         for s0, s1 in zip(sigmas[:-1], sigmas[1:]):
             t = torch.cat([torch.zeros(nc), torch.full((fpb,), 1000.0 * s0)])[None].expand(b, -1)  # [B, F]
-            v = model(torch.cat([ctx, x], dim=2), t, text, frame_pos=pos, attn_mask=mask)
+            v = model(torch.cat([ctx, x], dim=2), t, **text_kwargs(cond), frame_pos=pos, attn_mask=mask)
             x = x + (s1 - s0) * v[:, :, nc:]
         out[:, :, blk * fpb : (blk + 1) * fpb] = x
     return out
@@ -98,11 +109,23 @@ def build_rollout_bank(
 
     rng = np.random.default_rng(seed)
     caps = rng.integers(0, data["text"].shape[1], size=len(clips))
+    switch_block, after_row = switch_rows(data)
     parts = []
     model.eval()
     for i in tqdm(range(0, len(clips), batch), desc="rollouts", unit="batch", mininterval=5):
         idx = torch.from_numpy(clips[i : i + batch])
-        text = data["text"][idx, torch.from_numpy(caps[i : i + batch])].float()
+        cap = torch.from_numpy(caps[i : i + batch])
+        text = data["text"][idx, cap].float()
         lat = data["latents"][idx].float()
-        parts.append(rollout_clips(model, lat, text, schedule, blocks, seed=seed + i).half())
+        k = switch_block[clips[i : i + batch]]
+        after = None
+        if (k >= 0).any():
+            rows = torch.from_numpy(np.maximum(after_row[clips[i : i + batch]], 0))
+            after = torch.where(
+                torch.from_numpy(k >= 0)[:, None, None], data["text_after"][rows, cap].float(), text
+            )
+        drawn = rollout_clips(
+            model, lat, text, schedule, blocks, seed=seed + i, text_after=after, switch_block=k
+        )
+        parts.append(drawn.half())
     return {"clips": torch.from_numpy(clips), "captions": torch.from_numpy(caps), "latents": torch.cat(parts)}

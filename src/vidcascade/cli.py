@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="joint",
         help="with --parallel temporal: how in-flight K/V is exchanged",
     )
+    g.add_argument(
+        "--decode-rank",
+        action="store_true",
+        help="with --parallel temporal: the last of R+1 ranks only decodes and writes (no denoising "
+        "rank decodes)",
+    )
 
     p = sub.add_parser("plan", help="print the tick table of a cascade plan")
     p.add_argument("--steps", type=int, required=True, help="denoising steps S")
@@ -360,11 +366,26 @@ def cmd_generate(args) -> int:
         )
         if args.parallel == "temporal" and args.cache not in (None, "none"):
             raise CliError("--cache works in one process only; drop --parallel temporal or --cache")
+        if args.decode_rank:
+            _check_decode_rank(args)
     if args.parallel == "temporal":
         from .distributed.launch import generate_temporal
 
         return generate_temporal(args, cascade, out)
     return run_generate(args, cascade, out, _load)
+
+
+def _check_decode_rank(args) -> None:
+    import os
+
+    if args.parallel != "temporal":
+        raise CliError("--decode-rank works with --parallel temporal only")
+    ranks = os.environ.get("WORLD_SIZE") or "1"
+    if not ranks.isdigit() or int(ranks) < 2:
+        raise CliError(
+            f"--decode-rank needs at least 2 processes (R denoising ranks + 1 decode rank), got "
+            f"WORLD_SIZE={ranks}: launch with torchrun --nproc-per-node R+1"
+        )
 
 
 def cmd_bench(args) -> int:

@@ -1,6 +1,7 @@
 """Preallocated K/V tensors of every layer: the in-flight tier and the committed tier.
 
-Per layer, keys and values are one tensor each, [B, H, M + C, Dh]::
+All layers' keys and values are one tensor ``kv`` [layers, 2 (k, v), B, H, M + C, Dh]; ``k[layer]``
+and ``v[layer]`` are its contiguous per-layer views [B, H, M + C, Dh]. Along the tokens::
 
     token:  0                M - n_if            M                               M + C
           [ unused          | in-flight blocks  | committed: sink | window ring  ]
@@ -9,7 +10,9 @@ Per layer, keys and values are one tensor each, [B, H, M + C, Dh]::
 M holds the most blocks that can be in flight; the in-flight blocks are written right-aligned
 against the committed tier, so the keys of a tick, in-flight + valid committed, are one
 contiguous slice and no concatenation happens per layer. In-flight K/V is rewritten by every tick;
-the cache step promotes a block's clean K/V into its committed slots.
+the cache step promotes a block's clean K/V into its committed slots: with every layer in one
+tensor that is one copy per run of consecutive slots (one, or two where the ring wraps or the sink
+ends), not 2 x layers x frames small ones.
 
 With ``sink_bias`` > 0 the masks become additive float masks that raise the sink keys' logits by
 that much once the window holds frames (``CacheConfig.sink_bias``).
@@ -53,9 +56,10 @@ class KVPool:
         """False after a prompt switch: the sink shows the old prompt, so it is not raised any more."""
         self.inflight_tokens = max_inflight_blocks * self.tokens_per_block  # M
         self.committed_tokens = self.layout.capacity * tokens_per_frame  # C
-        shape = (batch, num_heads, self.inflight_tokens + self.committed_tokens, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        tokens = self.inflight_tokens + self.committed_tokens
+        self.kv = torch.zeros(num_layers, 2, batch, num_heads, tokens, head_dim, dtype=dtype, device=device)
+        self.k = [self.kv[layer, 0] for layer in range(num_layers)]  # each [B, H, M + C, Dh], contiguous
+        self.v = [self.kv[layer, 1] for layer in range(num_layers)]
         self._masks: dict[tuple[int, int, bool, int], torch.Tensor | None] = {}
         self._sink_keys: list[torch.Tensor] | None = None  # see capture_sink
         self._sink_keys_shift = 0
@@ -65,7 +69,7 @@ class KVPool:
         return self.k[0].device
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return self.kv.numel() * self.kv.element_size()
 
     def valid_committed_tokens(self) -> int:
         return self.layout.valid_slots * self.tokens_per_frame
@@ -121,9 +125,33 @@ class KVPool:
         return slice(start, start + self.tokens_per_block)
 
     def promote(self, index: int, n_inflight: int, first_frame: int) -> None:
-        """Cache step: copy in-flight block ``index``'s K/V into the committed slots of its frames."""
+        """Cache step: copy in-flight block ``index``'s K/V into the committed slots of its frames
+        (every layer at once; see ``commit_stacked``)."""
         src = self.inflight_slice(index, n_inflight)
-        self.commit_block(first_frame, lambda layer: (self.k[layer][:, :, src], self.v[layer][:, :, src]))
+        self.commit_stacked(first_frame, self.kv[:, :, :, :, src])  # [L, 2, B, H, fpb*tpf, Dh]
+
+    def _commit_runs(self, first_frame: int) -> list[tuple[int, int, int]]:
+        """Commit the block's frames in the layout; (first frame j in the block, first slot, count)
+        of each run of consecutive slots they go to."""
+        pairs = self.layout.commit(range(first_frame, first_frame + self.frames_per_block))
+        runs: list[tuple[int, int, int]] = []
+        for j, (slot, _) in enumerate(pairs):
+            if runs and runs[-1][1] + runs[-1][2] == slot:
+                j0, s0, count = runs[-1]
+                runs[-1] = (j0, s0, count + 1)
+            else:
+                runs.append((j, slot, 1))
+        return runs
+
+    def commit_stacked(self, first_frame: int, kv: torch.Tensor) -> None:
+        """Cache step from a block's clean K/V of every layer in one tensor ``kv``
+        [L, 2, B, H, frames_per_block * tokens_per_frame, Dh] (not overlapping its destination):
+        one copy per run of consecutive committed slots."""
+        tpf, m = self.tokens_per_frame, self.inflight_tokens
+        for j, slot, count in self._commit_runs(first_frame):
+            dst = slice(m + slot * tpf, m + (slot + count) * tpf)
+            self.kv[:, :, :, :, dst] = kv[:, :, :, :, j * tpf : (j + count) * tpf]
+        self._after_commit(first_frame)
 
     def commit_block(
         self, first_frame: int, kv_of_layer: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -131,15 +159,16 @@ class KVPool:
         """Cache step from any source: ``kv_of_layer(layer)`` gives the block's clean k, v
         [B, H, frames_per_block * tokens_per_frame, Dh]; they go to the committed slots of its frames."""
         tpf, m = self.tokens_per_frame, self.inflight_tokens
-        slots = [
-            slot for slot, _ in self.layout.commit(range(first_frame, first_frame + self.frames_per_block))
-        ]
+        runs = self._commit_runs(first_frame)
         for layer, (kt, vt) in enumerate(zip(self.k, self.v)):
             k, v = kv_of_layer(layer)
-            for j, slot in enumerate(slots):
-                d = slice(m + slot * tpf, m + (slot + 1) * tpf)
-                kt[:, :, d] = k[:, :, j * tpf : (j + 1) * tpf]
-                vt[:, :, d] = v[:, :, j * tpf : (j + 1) * tpf]
+            for j, slot, count in runs:
+                d = slice(m + slot * tpf, m + (slot + count) * tpf)
+                kt[:, :, d] = k[:, :, j * tpf : (j + count) * tpf]
+                vt[:, :, d] = v[:, :, j * tpf : (j + count) * tpf]
+        self._after_commit(first_frame)
+
+    def _after_commit(self, first_frame: int) -> None:
         sink = self.layout.sink_frames
         if sink and first_frame < sink <= first_frame + self.frames_per_block:
             self.capture_sink(0)  # the sink is complete, committed at its frames' own positions

@@ -10,6 +10,11 @@ inherits the group's timeout (VIDCASCADE_DIST_TIMEOUT_S, default 300 s), so a ra
 peer which died raises instead of hanging; torchrun's agent also stops the other workers as soon as
 one exits non-zero.
 
+With ``--decode-rank`` the job has one process more than denoising ranks: ``split_decode_rank``
+gives the denoising ranks a ``Comm`` over their own group (their collectives never involve the
+decode rank) and keeps the whole job's ``Comm`` for the point-to-point sends of finished latents
+(``send`` / ``recv``) to the last rank.
+
 Accounting: ``CommStats.seconds`` is wall time inside collectives (on CUDA with ``timed=True``
 the device is synchronised around each call, otherwise the time is only the launch; for
 background collectives only the launch and the wait are counted, i.e. the exposed part);
@@ -69,7 +74,14 @@ class Comm:
     """Collectives of one job (or the identity when ``world_size == 1``)."""
 
     def __init__(
-        self, rank: int, world_size: int, device: torch.device, *, local_rank: int = 0, timed: bool = False
+        self,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        *,
+        local_rank: int = 0,
+        timed: bool = False,
+        group=None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
@@ -78,6 +90,9 @@ class Comm:
         self.local_rank = local_rank
         self.device = torch.device(device)
         self.timed = timed
+        self.group = group
+        """The process group of the collectives (None: the whole job). Ranks are the job's: a
+        subgroup is always ranks 0..world_size-1 of the job (``split_decode_rank``)."""
         self.stats = CommStats()
         # torch >= 2.13 renamed all_gather_into_tensor; keep working on older releases.
         self._gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -107,7 +122,7 @@ class Comm:
     def _launch(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool):
         # Passed as the concatenation along dim 0, the layout every backend accepts.
         flat = out.view(self.world_size * inp.shape[0], *inp.shape[1:])
-        return self._gather_single(flat, inp, async_op=async_op)
+        return self._gather_single(flat, inp, group=self.group, async_op=async_op)
 
     def all_gather(self, inp: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Every rank's ``inp`` [N, ...] (same shape everywhere) stacked: [R, N, ...].
@@ -146,7 +161,7 @@ class Comm:
             return t
         self._sync()
         t0 = time.perf_counter()
-        dist.broadcast(t, src)
+        dist.broadcast(t, src, group=self.group)
         self._account(t0, 0 if self.rank == src else t.numel() * t.element_size())
         return t
 
@@ -155,15 +170,40 @@ class Comm:
         if self.world_size == 1:
             return [obj]
         out: list = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self.group)
         return out
+
+    def send(self, t: torch.Tensor, dst: int) -> Pending:
+        """Send ``t`` to rank ``dst`` of the job in the background (``Pending.wait()`` when it has
+        left; ``t`` must not be written until then). Sends to one rank arrive in order."""
+        t0 = time.perf_counter()
+        work = dist.isend(t, dst)
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.calls += 1
+        return Pending(self, t, work, t)
+
+    def recv(self, t: torch.Tensor, src: int) -> torch.Tensor:
+        """Receive into ``t`` what rank ``src`` of the job sent (waits for it)."""
+        t0 = time.perf_counter()
+        dist.recv(t, src)
+        self._account(t0, t.numel() * t.element_size())
+        return t
+
+    def send_object(self, obj: object, dst: int) -> None:
+        """A small picklable object to rank ``dst`` (summaries at the end of a job); not counted."""
+        dist.send_object_list([obj], dst, device=self.device if self.device.type == "cuda" else None)
+
+    def recv_object(self, src: int) -> object:
+        out: list = [None]
+        dist.recv_object_list(out, src, device=self.device if self.device.type == "cuda" else None)
+        return out[0]
 
     def barrier(self) -> None:
         if self.world_size > 1:
             if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.device.index])
+                dist.barrier(group=self.group, device_ids=[self.device.index])
             else:
-                dist.barrier()
+                dist.barrier(group=self.group)
 
 
 def _env_int(name: str) -> int | None:
@@ -242,6 +282,24 @@ def init_comm(
     )
     log.debug("rank %d/%d joined (%s on %s, timeout %s)", rank, world_size, backend, dev, timeout)
     return Comm(rank, world_size, dev, local_rank=local_rank, timed=timed)
+
+
+def split_decode_rank(job: Comm) -> Comm | None:
+    """The last rank of ``job`` decodes; the others denoise. Every rank of the job calls this (it
+    makes a process group). Returns the denoising ranks' ``Comm`` over their own group (job ranks
+    0..R-1 of R+1), or None on the decode rank."""
+    if job.world_size < 2:
+        raise ValueError(
+            f"a decode rank needs at least 2 processes (R denoising ranks + 1), got {job.world_size}: "
+            "launch with torchrun --nproc-per-node R+1"
+        )
+    denoisers = list(range(job.world_size - 1))
+    group = dist.new_group(denoisers)
+    if job.rank == job.world_size - 1:
+        return None
+    if len(denoisers) == 1:
+        return Comm(0, 1, job.device, local_rank=job.local_rank, timed=job.timed)
+    return Comm(job.rank, len(denoisers), job.device, local_rank=job.local_rank, timed=job.timed, group=group)
 
 
 def shutdown(comm: Comm) -> None:

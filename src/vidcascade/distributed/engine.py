@@ -6,11 +6,18 @@ only rank 0 receives finished blocks, decodes them and yields them (the other ra
 nothing and end when the plan ends). Each stream first checks that all ranks run the same job with
 the same weights. Live control of a session must reach every rank's session at the same tick
 boundary (the session's ``on_boundary`` hook is the place to broadcast it).
+
+With a decode rank (``decode_sender`` on rank 0, ``decode_rank.py``) no rank of this engine
+decodes: rank 0 sends each ready block's latents to the decode rank and yields its BlockOutput
+without frames; the stream's end is sent when the stream ends (``finish_decode``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
 
 from ..config import CascadeConfig
 from ..engine.engine import BlockOutput, Engine, PromptSwitch, Video
@@ -19,6 +26,7 @@ from ..scheduling.plan import Plan, build_plan, steady_in_flight
 from ..weights.bundle import Bundle
 from .checks import check_ranks_agree, fingerprint, weights_checksum
 from .comm import Comm
+from .decode_rank import DecodeSender
 from .executor import DistExecutor
 from .placement import max_local_bound
 
@@ -32,8 +40,12 @@ class DistEngine(Engine):
         *,
         batch: int = 1,
         sync_timing: bool = False,
+        decode_sender: DecodeSender | None = None,
     ) -> None:
         self.comm = comm
+        if decode_sender is not None and not comm.is_root:
+            raise ValueError(f"only rank 0 sends blocks to the decode rank, not rank {comm.rank}")
+        self.decode_sender = decode_sender
         super().__init__(bundle, cascade, batch=batch, sync_timing=sync_timing)
         if comm.device != bundle.device:
             raise ValueError(f"rank {comm.rank} runs on {comm.device} but the model is on {bundle.device}")
@@ -51,7 +63,11 @@ class DistEngine(Engine):
 
     def _make_executor(self, **kwargs) -> DistExecutor:
         return DistExecutor(
-            **kwargs, comm=self.comm, freshness=self.cascade.freshness, max_local=self.max_local
+            **kwargs,
+            comm=self.comm,
+            freshness=self.cascade.freshness,
+            max_local=self.max_local,
+            decode_sender=self.decode_sender,
         )
 
     def plan(self, num_blocks: int) -> Plan:
@@ -73,10 +89,21 @@ class DistEngine(Engine):
         if not self._checked:
             self.check_ranks(prompt, max_blocks or 0, seed, ())
         self._checked = False
+        if self.decode_sender is not None and self.decode_sender.finished:
+            raise RuntimeError("the decode rank takes one stream; this engine's stream has ended")
+        if self.decode_sender is not None or not self.comm.is_root:
+            kwargs["decode"] = False  # the decode rank decodes; ranks > 0 never receive a block
         return super().session(prompt, seed=seed, max_blocks=max_blocks, **kwargs)
 
     def _session_finished(self) -> None:
         self.executor.flush()
+        self.finish_decode()
+
+    def finish_decode(self) -> None:
+        """Tell the decode rank that the stream ended (idempotent; also after a failure or a stop,
+        so that it writes what it has)."""
+        if self.decode_sender is not None:
+            self.decode_sender.finish()
 
     def stream(
         self,
@@ -98,7 +125,13 @@ class DistEngine(Engine):
         seed: int = 0,
         switches: Sequence[PromptSwitch | tuple[int, str]] = (),
     ) -> Video | None:
-        """The whole video on rank 0; None on the other ranks (after running their share)."""
+        """The whole video on rank 0; None on the other ranks (after running their share). With a
+        decode rank, rank 0's video has the latents and no frames ([B, 0, 0, 0, 3])."""
+        if self.comm.is_root and self.decode_sender is not None:
+            outs = list(self.stream(prompt, num_blocks, seed=seed, switches=switches))
+            latents = torch.cat([o.latents for o in outs], dim=2)
+            frames = np.zeros((latents.shape[0], 0, 0, 0, 3), dtype=np.uint8)
+            return Video(frames, latents, self.bundle.fps, self.stats)
         if self.comm.is_root:
             return super().generate(prompt, num_blocks, seed=seed, switches=switches)
         for _ in self.stream(prompt, num_blocks, seed=seed, switches=switches):

@@ -195,15 +195,12 @@ class PerTickExchange(_ViewBase):
         if self.pending:
             self.gathered = [p.wait() for p in self.pending]
             self.pending = []
+        # Every layer's gathered K/V in one tensor [L, R, 2, B, H, max_local*T, Dh] (one rank: the
+        # send buffer itself), so that a commit is one copy for all layers.
+        stacked = self.recv if self.comm.world_size > 1 else self.send.unsqueeze(1)
         for block in self.commits:
             q, src = self._prev_block(block)
-            self.pool.commit_block(
-                block * self.pool.frames_per_block,
-                lambda layer, q=q, src=src: (
-                    self.gathered[layer][q, 0, :, :, src],
-                    self.gathered[layer][q, 1, :, :, src],
-                ),
-            )
+            self.pool.commit_stacked(block * self.pool.frames_per_block, stacked[:, q, :, :, :, src])
         self.commits = []
 
     def _prev_block(self, block: int) -> tuple[int, slice]:

@@ -7,7 +7,8 @@ Per tick each rank
   2. updates its blocks with the sampler; each block's generator lives on its rank with the
      single-process seed, so the noise is the same as in one process;
   3. broadcasts each block's clean x0 from its owner when it becomes ready: every rank keeps it
-     (committed latents are replicated for re-cache) and rank 0 decodes it;
+     (committed latents are replicated for re-cache) and rank 0 decodes it, or, with a decode
+     rank, sends it there (``decode_rank.py``) as soon as the tick made it;
   4. commits the cache step's clean K/V on every rank, so the committed tier is replicated.
 
 The order of collectives is a function of the plan alone, identical on every rank.
@@ -24,6 +25,7 @@ from ..models.rope import rotate_time_, time_rotation
 from ..models.wan_dit import TextKV
 from ..scheduling.plan import Tick
 from .comm import Comm, CommStats
+from .decode_rank import DecodeSender
 from .exchange import make_exchange
 from .faults import FaultInjector
 from .placement import local_entries, rank_of_block
@@ -38,6 +40,8 @@ class DistExecutor(Executor):
     faults: FaultInjector = field(default_factory=FaultInjector.from_env)
     tick_comm: list[CommStats] = field(default_factory=list)
     """Communication of each tick run since the last reset (this rank)."""
+    decode_sender: DecodeSender | None = None
+    """With a decode rank, on rank 0: where ready blocks go (None: rank 0 decodes them)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,6 +74,8 @@ class DistExecutor(Executor):
                 mine[e.block] = x0
         for b in tick.ready:
             self.clean[b] = self._share(b, mine.get(b))
+            if self.decode_sender is not None and comm.is_root:
+                self.decode_sender.send(b, self.clean[b])
         for b in tick.commits:
             self.exchange.commit(tick, b)
             self.store_committed_x0(b, self.clean.pop(b))

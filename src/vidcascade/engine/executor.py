@@ -7,6 +7,13 @@ the promotion of their clean K/V into the committed tier.
 Determinism: each block owns a CPU generator seeded from (seed, block), from which its initial
 noise and every re-noise draw come, in stage order. The draws of block b are therefore the same at
 every cascade level, and level 0 starts block b from the same noise as level 4.
+
+Hot path: a tick allocates no tensor where a preallocated one serves. The in-flight latents are
+gathered into a model-input buffer per in-flight count; a re-noise draw fills a scratch buffer
+from the block's CPU generator (the same numbers a fresh ``torch.randn`` gives) and is copied to the
+device; the sampler updates a block's latents in place with the same operations in the same order
+as ``scheduling/timesteps.py`` (bit-identical results). Only a block's start (its own latents) and
+its clean x0 (handed to the decoder, so never written again) get fresh tensors.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from ..cache.pool import KVPool
 from ..caching.hook import FeatureCache
 from ..models.wan_dit import CausalWanDiT, KVAccess, TextKV
 from ..scheduling.plan import Entry, Tick
-from ..scheduling.timesteps import Schedule, euler_step, renoise, x0_from_velocity
+from ..scheduling.timesteps import Schedule, x0_from_velocity
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -81,6 +88,13 @@ class Executor:
         self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
         s = self.schedule
         self._stage_t = [*s.timesteps, s.cache_timestep]
+        block_shape = (self.batch, c, self.frames_per_block, h, w)
+        self._noise_host = torch.empty(block_shape)  # a re-noise draw, on the CPU generator's side
+        self._noise_dev = (
+            self._noise_host if self.device.type == "cpu" else torch.empty(block_shape, device=self.device)
+        )
+        self._scratch = torch.empty(block_shape, device=self.device)  # sigma * v of one block
+        self._inputs: dict[int, torch.Tensor] = {}  # n in flight -> model input buffer
 
     # -- per-block state -------------------------------------------------------------------------
 
@@ -88,6 +102,15 @@ class Executor:
         c, h, w = self.latent_shape
         z = torch.randn(self.batch, c, self.frames_per_block, h, w, generator=gen)
         return z.to(self.device)
+
+    def _draw(self, gen: torch.Generator) -> torch.Tensor:
+        """Fresh noise of one block from ``gen`` in the scratch buffers (valid until the next draw):
+        [B, C, fpb, h, w] on the device."""
+        c, h, w = self.latent_shape
+        torch.randn(self.batch, c, self.frames_per_block, h, w, generator=gen, out=self._noise_host)
+        if self._noise_dev is not self._noise_host:
+            self._noise_dev.copy_(self._noise_host)
+        return self._noise_dev
 
     def _start(self, block: int) -> _Block:
         gen = torch.Generator().manual_seed(block_seed(self.seed, block))
@@ -160,7 +183,7 @@ class Executor:
     ) -> torch.Tensor:
         """One model call on ``entries`` (concatenated along frames): velocity [B, C, n*fpb, h, w]."""
         n = len(entries)
-        x = torch.cat([st.x for st in states], dim=2) if n > 1 else states[0].x  # [B, C, n*fpb, h, w]
+        x = self._input(states)  # [model_batch, C, n*fpb, h, w]
         t = self._timesteps(tuple(e.stage for e in entries))  # [B, n*fpb]
         pos = self._positions(tuple(e.block for e in entries))  # [n*fpb]
         fc = self.feature_cache
@@ -176,12 +199,29 @@ class Executor:
     def guided(self) -> bool:
         return self.guidance != 1.0
 
+    def _input(self, states: list[_Block]) -> torch.Tensor:
+        """The model's input: the blocks' latents along frames, twice along the batch under
+        guidance, in a buffer kept per in-flight count: [model_batch, C, n*fpb, h, w]."""
+        n = len(states)
+        if n == 1 and not self.guided:
+            return states[0].x  # the model does not write its input
+        buf = self._inputs.get(n)
+        if buf is None:
+            c, h, w = self.latent_shape
+            buf = torch.empty(self.model_batch, c, n * self.frames_per_block, h, w, device=self.device)
+            self._inputs[n] = buf
+        torch.cat([st.x for st in states], dim=2, out=buf[: self.batch])
+        if self.guided:  # the same latents under the text and the empty context
+            buf[self.batch :].copy_(buf[: self.batch])
+        return buf
+
     def _guided(self, x, t, text_kv: TextKV, pos, view, hook=None) -> torch.Tensor:
-        """The model's velocity, with classifier-free guidance when enabled (text_kv then holds
-        the text and the empty context stacked along the batch)."""
+        """The model's velocity [B, ...] from its input ``x`` [model_batch, ...], with
+        classifier-free guidance when enabled (``x`` and text_kv then hold the text and the empty
+        context stacked along the batch)."""
         if not self.guided:
             return self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view, layer_hook=hook).float()
-        v = self.model(torch.cat([x, x]), t, text_kv=text_kv, frame_pos=pos, kv=view, layer_hook=hook).float()
+        v = self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view, layer_hook=hook).float()
         v_text, v_empty = v.chunk(2)
         return v_empty + self.guidance * (v_text - v_empty)
 
@@ -191,12 +231,16 @@ class Executor:
         sched = self.schedule
         sig, sig_next = sched.sigmas[e.stage], sched.sigmas[e.stage + 1]
         if e.stage == sched.num_steps - 1:
-            st.x = x0_from_velocity(st.x, v, sig)
+            st.x = x0_from_velocity(st.x, v, sig)  # a fresh tensor: the decoder may still read it
             return st.x
+        # In place, term for term as renoise(x0_from_velocity(...)) / euler_step compute it.
+        x, sv = st.x, self._scratch
         if sched.sampler == "renoise":
-            st.x = renoise(x0_from_velocity(st.x, v, sig), self._noise(st.gen), sig_next)
+            x.sub_(torch.mul(v, sig, out=sv))  # x0 = x_t - sigma v
+            z = self._draw(st.gen)
+            x.mul_(1.0 - sig_next).add_(z.mul_(sig_next))  # (1 - sigma') x0 + sigma' eps
         else:
-            st.x = euler_step(st.x, v, sig, sig_next)
+            x.add_(torch.mul(v, sig_next - sig, out=sv))  # x_t + (sigma' - sigma) v
         return None
 
     def store_committed_x0(self, block: int, x0: torch.Tensor) -> None:

@@ -143,7 +143,7 @@ def score_switch(
     extra: ExtraObjectConfig | None = None,
 ) -> dict:
     """One switch video's reading: blocks to show, whether caption A showed before, kept objects,
-    extra objects (outside the two blocks from the switch, where old and new may both be drawn)."""
+    and whether it shows an object that neither caption named."""
     blocks = len(frames) // frames_per_block
     if not 1 <= switch_block < blocks:
         raise ValueError(f"switch_block must be in 1..{blocks - 1}, got {switch_block}")
@@ -156,9 +156,10 @@ def score_switch(
     if item.kept:
         kept = [kept_shown(item, readings, b) for b in range(blocks)]
         kept_before, kept_after = float(np.mean(kept[:switch_block])), float(np.mean(kept[switch_block:]))
-    named = [len(item.attrs_before)] * switch_block + [len(item.attrs_after)] * (blocks - switch_block)
-    for b in range(switch_block, min(switch_block + 2, blocks)):
-        named[b] = len(item.attrs_before) + len(item.attrs_after)  # the transition: old and new
+    # From the switch on, the old version of the changed object (or the leaving one) may linger
+    # beside the new: that is a late switch, read above; an extra object is one neither caption named.
+    after = len(item.attrs_after) + (0 if item.kind == "count" and item.changed is not None else 1)
+    named = [len(item.attrs_before)] * switch_block + [after] * (blocks - switch_block)
     return {
         "blocks_to_show": delay,
         "before_shown": before_ok,

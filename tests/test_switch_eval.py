@@ -73,14 +73,14 @@ def test_held_out_pairs_are_about_one_in_eight() -> None:
     assert SWITCH_SETS["reported"][2] >= 64
 
 
-@pytest.mark.parametrize("delay", [0, 1, 3])
+@pytest.mark.parametrize("delay", [0, 1, 3])  # last_before: any block before the clip switches
 def test_ground_truth_switches_read_with_their_delay(delay: int) -> None:
     # The first 3 switches of each kind; the clip switches ``delay`` blocks after the switch block.
     items = switch_items("reported", 15)
     scores = []
     for it in items:
         frames = render_switch(it, BLOCKS, K + delay)
-        scores.append(score_switch(frames, FPB, it, K))
+        scores.append(score_switch(frames, FPB, it, K, last_before=K - 1 - delay))
     assert [s["blocks_to_show"] for s in scores] == [delay] * len(items)
     assert all(s["before_shown"] and not s["extra_object"] for s in scores)
     assert all(

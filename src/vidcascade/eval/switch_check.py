@@ -3,14 +3,15 @@ every (level, switch mode), read block by block (``switch_metrics``).
 
 Per (level, mode), over the switches: the share whose new attributes all show within 1 and within
 2 blocks after the switch block (0 = in the switch block itself), the mean blocks to show (over
-those that show), the share never shown, the share whose caption A showed in the block before the
-switch, how often the objects the switch did not name stayed as they were (share of blocks, after
-and before the switch, over the switches that keep an object), and the share of videos with an
-object no caption named.
+those that show), the share never shown, the share whose caption A showed in the last block the
+switch did not touch (``score_switch``'s ``last_before``), how often the objects the switch did
+not name stayed as they were (share of blocks, after and before the switch, over the switches
+that keep an object), and the share of videos with an object no caption named.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -82,11 +83,12 @@ def run_switch_check(
     for level in levels:
         for mode in modes:
             eng = Engine(bundle, CascadeConfig(level=level, attention=attention, switch_mode=mode))
+            last_before = max(0, switch_block - math.ceil(bundle.sampling.num_steps / eng.lag))
             scores, recache_s = [], []
             for it in items:
                 v = eng.generate(it.before, blocks, seed=it.seed, switches=[(switch_block, it.after)])
                 frames = v.frames[0]
-                scores.append(score_switch(frames, frames.shape[0] // blocks, it, switch_block))
+                scores.append(score_switch(frames, frames.shape[0] // blocks, it, switch_block, last_before))
                 recache_s += eng.stats.recache_s
                 done += 1
                 if progress:
@@ -98,6 +100,7 @@ def run_switch_check(
                 "switch_set": switch_set,
                 "switches": len(items),
                 "switch_block": switch_block,
+                "last_block_before": last_before,
                 "blocks": blocks,
                 **summarize(scores, items),
                 "recache_forward_s": float(np.median(recache_s)) if recache_s else 0.0,

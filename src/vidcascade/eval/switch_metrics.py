@@ -140,22 +140,34 @@ def score_switch(
     frames_per_block: int,
     item: SwitchItem,
     switch_block: int,
+    last_before: int | None = None,
     extra: ExtraObjectConfig | None = None,
 ) -> dict:
-    """One switch video's reading: blocks to show, whether caption A showed before, kept objects,
-    and whether it shows an object that neither caption named."""
+    """One switch video's reading: blocks to show (from ``switch_block``), whether caption A showed
+    in block ``last_before`` (default: the block before the switch), kept objects before (blocks up
+    to ``last_before``) and after (from the switch block), and whether it shows an object that
+    neither caption named.
+
+    ``last_before``: the last block the switch did not touch. In a cascade the blocks in flight at
+    the switch take the new prompt for their remaining steps, so that is ``switch_block - ceil(S /
+    L)`` (S steps, lag L): the block before the switch at P0, four blocks before at P4 (S = 4).
+    """
     blocks = len(frames) // frames_per_block
     if not 1 <= switch_block < blocks:
         raise ValueError(f"switch_block must be in 1..{blocks - 1}, got {switch_block}")
+    last_before = switch_block - 1 if last_before is None else last_before
+    if not 0 <= last_before < switch_block:
+        raise ValueError(f"last_before must be in 0..{switch_block - 1}, got {last_before}")
     most = max(len(item.attrs_before), len(item.attrs_after))
-    readings = read_blocks(frames, frames_per_block, most + 1, cut=switch_block)
+    readings = read_blocks(frames, frames_per_block, most + 1, cut=last_before + 1)
     shown = (b for b in range(switch_block, blocks) if new_shown(item, readings, b, switch_block))
     delay = next((b - switch_block for b in shown), None)
-    before_ok = all(_shows(readings, switch_block - 1, a) for a in item.attrs_before)
+    before_ok = all(_shows(readings, last_before, a) for a in item.attrs_before)
     kept_before = kept_after = None
     if item.kept:
         kept = [kept_shown(item, readings, b) for b in range(blocks)]
-        kept_before, kept_after = float(np.mean(kept[:switch_block])), float(np.mean(kept[switch_block:]))
+        kept_before = float(np.mean(kept[: last_before + 1]))
+        kept_after = float(np.mean(kept[switch_block:]))
     # From the switch on, the old version of the changed object (or the leaving one) may linger
     # beside the new: that is a late switch, read above; an extra object is one neither caption named.
     after = len(item.attrs_after) + (0 if item.kind == "count" and item.changed is not None else 1)

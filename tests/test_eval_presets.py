@@ -9,7 +9,6 @@ import pytest
 from vidcascade.cli import build_parser, main
 from vidcascade.eval.cli_eval import PRESETS, eval_settings
 from vidcascade.eval.quality import run_eval
-from vidcascade.eval.switch_check import SWITCHES
 from vidcascade.weights.registry import load_bundle
 
 
@@ -20,18 +19,21 @@ def _settings(*flags: str):
 def test_quick_is_the_default_and_full_the_reported_table() -> None:
     quick = _settings()
     assert quick.preset == "quick" and quick.prompts == 16 and quick.long_prompts == 2
-    assert quick.resolve_levels(4) == [0, 4] and quick.switch_seeds == 1
+    assert quick.resolve_levels(4) == [0, 4] and quick.switches == 10
+    assert quick.switch_modes == ["no-recache", "recache", "blend"]
     assert quick.configs([0, 4]) == [
         (0, "causal", "joint"),
         (4, "causal", "joint"),
         (4, "bidirectional", "joint"),
     ]
     full = _settings("--full")
-    assert (full.prompts, full.long_prompts, full.long_blocks, full.switch_seeds) == (64, 8, 60, 4)
+    assert (full.prompts, full.long_prompts, full.long_blocks, full.switches) == (64, 8, 60, 80)
     assert full.resolve_levels(4) == [0, 1, 2, 3, 4] and len(full.configs([0, 1, 2, 3, 4])) == 9
     # The user's flags win over either preset.
     mixed = _settings("--full", "--levels", "2", "--prompts", "3", "--no-switch-check")
-    assert mixed.resolve_levels(4) == [2] and mixed.prompts == 3 and mixed.switch_seeds == 0
+    assert mixed.resolve_levels(4) == [2] and mixed.prompts == 3 and mixed.switches == 0
+    assert _settings("--prompt-set", "validation", "--full").switches == 40  # the whole validation set
+    assert _settings("--switches", "3", "--switch-modes", "blend").switch_modes == ["blend"]
 
 
 @pytest.mark.parametrize("preset", ["quick", "full"])
@@ -54,6 +56,9 @@ def test_long_prompts_are_clamped_to_prompts_unless_given(preset: str) -> None:
         (["--long-blocks", "2"], "--long-blocks must be >= 4"),
         (["--attention", "causal,sideways"], "--attention: unknown mode 'sideways'"),
         (["--freshness", ""], "--freshness is empty"),
+        (["--switches", "81"], r"--switches must be in 1..80 \(the reported switch set\), got 81"),
+        (["--prompt-set", "validation", "--switches", "41"], r"in 1..40 \(the validation switch set\)"),
+        (["--switch-modes", "cut"], "--switch-modes: unknown mode 'cut'"),
     ],
 )
 def test_bad_flags_are_named(flags: list[str], match: str) -> None:
@@ -93,6 +98,7 @@ def test_eval_with_one_prompt_runs_the_quick_preset_end_to_end(tmp_path, capsys)
     # `eval --prompts 1` once failed on --long-prompts, a flag the user never gave.
     out = tmp_path / "e.json"
     argv = ["eval", "--model", "random-tiny", "--prompts", "1", "--blocks", "2", "--long-blocks", "4"]
+    argv += ["--switches", "2"]
     assert main([*argv, "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["settings"]["preset"] == "quick" and saved["settings"]["long_prompts"] == 1
@@ -104,12 +110,18 @@ def test_eval_with_one_prompt_runs_the_quick_preset_end_to_end(tmp_path, capsys)
     assert [(r["level"], r["switch_mode"]) for r in switch] == [
         (0, "no-recache"),
         (0, "recache"),
+        (0, "blend"),
         (4, "no-recache"),
         (4, "recache"),
+        (4, "blend"),
     ]
-    assert all(r["runs"] == len(SWITCHES) for r in switch)  # one seed per prompt pair
+    assert all(r["switches"] == 2 and r["switch_set"] == "reported" for r in switch)
+    assert all(r["attention"] == "causal" for r in switch)
+    assert all(set(r["by_kind"]) == {"color", "shape"} for r in switch)  # the first two kinds
     printed = capsys.readouterr().out
     # Each row is printed as it is done, then again in the final table.
     first_row = printed.index("P0 | causal | joint")
     assert printed.index("P0 | causal | joint", first_row + 1) > printed.index("P4 | causal | joint")
-    assert printed.count("prompt switch:") == 2 and "accuracy by number of objects" in printed
+    assert printed.count("prompt switch at block 6 of 12, 2 of the 80 reported switches (--full: all)") == 2
+    assert "accuracy by number of objects" in printed and "prompt switch by kind" in printed
+    assert all(0.0 <= r["extra_object_share"] <= 1.0 for r in saved["configs"])

@@ -20,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ATTENTION_MODES = ("causal", "bidirectional")
+SWITCH_MODES = ("no-recache", "recache", "blend")
+SWITCH_SET_OF_PROMPT_SET = {"eval": "reported", "validation": "validation"}
 FRESHNESS_MODES = ("joint", "per_tick")
 
 
@@ -31,20 +33,19 @@ class EvalPreset:
     prompts: int
     long_prompts: int
     long_blocks: int
-    switch_seeds: int
-    """Seeds per prompt pair of the switch check."""
+    switches: int
+    """Switches of the switch check (the first N of the set; every prefix has all kinds in turn)."""
 
 
 # Quick: the two ends of the cascade with both attentions (P0, PS causal, PS bidirectional) on 16
-# prompts, drift on 2 long videos each, one seed per switch pair: with the embedded model 1 min 48 s
-# on 2 CPU cores at load average 1-2.5, 3 min 36 s at load 7. Full: the README's reported table
-# (every level, 64 prompts, drift on 8 long videos each, 4 seeds per switch pair): 35 min there
-# (niced, load 5-6), rows identical to the table from before the presets.
+# prompts, drift on 2 long videos each, 10 switches (2 of each kind) in each of the 3 switch modes
+# at P0 and PS. Full: the README's reported table (every level, 64 prompts, drift on 8 long videos
+# each, the whole reported switch set of 80). Before the generated switch set, quick took 1 min 48 s
+# on 2 CPU cores at load 1-2.5 with the embedded model and full 35 min (niced, load 5-6); the
+# switch check adds about 0.4 s a switch video (60 quick, 480 full).
 PRESETS = {
-    "quick": EvalPreset(
-        "quick", all_levels=False, prompts=16, long_prompts=2, long_blocks=60, switch_seeds=1
-    ),
-    "full": EvalPreset("full", all_levels=True, prompts=64, long_prompts=8, long_blocks=60, switch_seeds=4),
+    "quick": EvalPreset("quick", all_levels=False, prompts=16, long_prompts=2, long_blocks=60, switches=10),
+    "full": EvalPreset("full", all_levels=True, prompts=64, long_prompts=8, long_blocks=60, switches=80),
 }
 
 
@@ -54,13 +55,14 @@ def _epilog() -> str:
         "presets (S = the model's step count: 4 for the embedded model):\n"
         f"  default  a quick look: levels 0 and S with --attention's modes, {q.prompts} prompts x seeds\n"
         f"           of --blocks blocks, drift on the first {q.long_prompts} prompts over {q.long_blocks} "
-        f"blocks, switch check\n           with {q.switch_seeds} seed per prompt pair: 2-4 minutes on 2 "
-        f"CPU cores (each video moves an\n           accuracy by 1/{q.prompts})\n"
+        f"blocks, switch check\n           on {q.switches} switches in 3 modes at levels 0 and S: "
+        f"3-5 minutes on 2 CPU cores\n           (each video moves an accuracy by 1/{q.prompts})\n"
         f"  --full   the reported table: every level 0..S, {f.prompts} prompts, drift on the first "
-        f"{f.long_prompts} prompts over\n           {f.long_blocks} blocks, switch check with "
-        f"{f.switch_seeds} seeds per prompt pair: about 35 minutes on 2 CPU cores\n"
-        "--levels, --prompts, --long-prompts and --long-blocks override either preset; without\n"
-        "--long-prompts the long videos are clamped to --prompts."
+        f"{f.long_prompts} prompts over\n           {f.long_blocks} blocks, switch check on all "
+        f"{f.switches} reported switches: about 40 minutes on 2 CPU cores\n"
+        "--levels, --prompts, --long-prompts, --long-blocks and --switches override either preset;\n"
+        "without --long-prompts the long videos are clamped to --prompts. --prompt-set validation\n"
+        "also takes the switches from the validation switch set."
     )
 
 
@@ -92,7 +94,8 @@ def add_eval_parser(sub, add_model_args, levels_type) -> None:
         "--prompt-set",
         choices=["eval", "validation"],
         default="eval",
-        help="eval: the reported set; validation: a disjoint set for choosing settings",
+        help="eval: the reported set; validation: a disjoint set for choosing settings (prompts "
+        "and switches)",
     )
     e.add_argument("--blocks", type=int, default=8, help="blocks per video")
     e.add_argument(
@@ -106,6 +109,14 @@ def add_eval_parser(sub, add_model_args, levels_type) -> None:
         "--long-blocks", type=int, default=None, help="blocks per long video (default: the preset's)"
     )
     e.add_argument("--no-switch-check", action="store_true", help="skip the prompt-switch check")
+    e.add_argument(
+        "--switches", type=int, default=None, help="switches of the switch check (default: the preset's)"
+    )
+    e.add_argument(
+        "--switch-modes",
+        default=",".join(SWITCH_MODES),
+        help="comma-separated switch modes of the switch check",
+    )
     e.add_argument("--json", dest="json_path", default=None, metavar="FILE")
     # Feature cache (vidcascade.caching): every video is also made cached and compared.
     e.add_argument(
@@ -130,8 +141,9 @@ class EvalSettings:
     blocks: int
     long_prompts: int
     long_blocks: int
-    switch_seeds: int
+    switches: int
     """0: no switch check."""
+    switch_modes: list[str]
 
     def resolve_levels(self, num_steps: int) -> list[int]:
         if self.levels is None:
@@ -209,8 +221,21 @@ def eval_settings(args: argparse.Namespace) -> EvalSettings:
         blocks=args.blocks,
         long_prompts=long_prompts,
         long_blocks=long_blocks,
-        switch_seeds=0 if args.no_switch_check else preset.switch_seeds,
+        switches=0 if args.no_switch_check else _switches(args, preset),
+        switch_modes=_modes("--switch-modes", args.switch_modes, SWITCH_MODES),
     )
+
+
+def _switches(args: argparse.Namespace, preset: EvalPreset) -> int:
+    from .switch_set import SWITCH_SETS
+
+    name = SWITCH_SET_OF_PROMPT_SET[args.prompt_set]
+    total = SWITCH_SETS[name][2]
+    if args.switches is None:
+        return min(preset.switches, total)
+    if not 1 <= args.switches <= total:
+        raise ValueError(f"--switches must be in 1..{total} (the {name} switch set), got {args.switches}")
+    return args.switches
 
 
 @contextlib.contextmanager
@@ -242,6 +267,7 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
     from ..engine.engine import Engine
     from .quality import format_by_objects, format_eval, format_eval_header, format_eval_row, run_eval
     from .switch_check import (
+        format_by_kind,
         format_switch,
         format_switch_header,
         format_switch_row,
@@ -254,7 +280,8 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
     levels = settings.resolve_levels(bundle.sampling.num_steps)
     configs = settings.configs(levels)
     switch_levels = sorted({0, max(levels)})
-    n_switch = switch_videos(switch_levels, settings.switch_seeds)
+    switch_set = SWITCH_SET_OF_PROMPT_SET[args.prompt_set]
+    n_switch = switch_videos(switch_levels, settings.switches, tuple(settings.switch_modes))
     log.info(
         "eval (%s): %d configuration(s) x %d prompts, %d long video(s) each%s",
         settings.preset,
@@ -289,7 +316,7 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
 
     def on_switch_row(row: dict[str, Any]) -> None:
         if not switch_seen:
-            _emit(format_switch_header())
+            _emit(format_switch_header(switch_set, settings.switches))
         switch_seen.append(row)
         _emit(format_switch_row(row))
 
@@ -310,13 +337,16 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
                 on_row=on_row,
                 feature_cache=_feature_cache(args),
             )
-            if settings.switch_seeds:
-                with _quiet(Engine.__module__):
+            if settings.switches:
+                with _quiet(Engine.__module__), _quiet("vidcascade.engine.session"):
                     switch_rows = run_switch_check(
                         bundle,
                         switch_levels,
-                        settings.attention[-1],
-                        seeds=settings.switch_seeds,
+                        # The engine's default attention where it was asked for, as users run it.
+                        "causal" if "causal" in settings.attention else settings.attention[0],
+                        switches=settings.switches,
+                        switch_set=switch_set,
+                        modes=tuple(settings.switch_modes),
                         progress=switch_progress,
                         on_row=on_switch_row,
                     )
@@ -329,6 +359,7 @@ def cmd_eval(args: argparse.Namespace, load_bundle) -> int:
     print(format_by_objects(rows))
     if switch_rows:
         print(format_switch(switch_rows))
+        print(format_by_kind(switch_rows))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(

@@ -9,7 +9,9 @@ every configuration (level, attention) generates the same videos. Per configurat
 - boundary_jump: mean frame change across block boundaries over the mean change inside blocks;
 - jerk_px: median |second difference| of object centroids (temporal smoothness, lower = smoother);
 - psnr_vs_p0 / ssim_vs_p0: against level 0 with the same prompt and seed;
-- drift (on long videos): accuracy over the last quarter minus accuracy over the first quarter.
+- drift (on long videos): accuracy over the last quarter minus accuracy over the first quarter;
+- extra_object_share: share of videos where some block shows an object the prompt did not name,
+  merged blobs included (``extra_objects``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..engine.engine import Engine
 from ..weights.bundle import Bundle
 from ..world import ObjectAttrs, caption, parse_caption, sample_attrs
 from .detectors import aggregate_matches, detect_objects, match_attributes
+from .extra_objects import shows_extra_object
 from .metrics import boundary_jump, centroid_jerk, psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ def _scores(frames: np.ndarray, attrs, fpb: int) -> dict[str, float]:
     jerks = [centroid_jerk(d.centroids) for d in det]
     m["jerk_px"] = float(np.nanmean(jerks)) if jerks and not np.all(np.isnan(jerks)) else float("nan")
     m["boundary_jump"] = boundary_jump(frames, fpb)
+    m["extra_object"] = float(shows_extra_object(frames, fpb, len(attrs)))
     return m
 
 
@@ -88,6 +92,7 @@ def _agg(rows: list[dict[str, float]]) -> dict[str, float]:
         "count_acc": acc["count"],
         "boundary_jump": float(np.nanmean([r["boundary_jump"] for r in rows])),
         "jerk_px": float(np.nanmean([r["jerk_px"] for r in rows])),
+        "extra_object_share": float(np.mean([r["extra_object"] for r in rows])),
         "by_objects": _by_objects(rows),
     }
 
@@ -243,6 +248,7 @@ EVAL_COLUMNS = [
     ("count_acc", "{:.3f}"),
     ("boundary_jump", "{:.2f}"),
     ("jerk_px", "{:.2f}"),
+    ("extra_object_share", "{:.3f}"),
     ("psnr_vs_p0", "{:.1f}"),
     ("ssim_vs_p0", "{:.3f}"),
     ("drift_color", "{:+.3f}"),

@@ -1,82 +1,108 @@
-"""Prompt-switch check: after switching (e.g. red -> blue) at block k, how many blocks until the
-new colour shows, with and without re-cache."""
+"""Prompt-switch check of ``vidcascade eval``: the fixed switch set (``switch_set``), generated at
+every (level, switch mode), read block by block (``switch_metrics``).
+
+Per (level, mode), over the switches: the share whose new attributes all show within 1 and within
+2 blocks after the switch block (0 = in the switch block itself), the mean blocks to show (over
+those that show), the share never shown, the share whose caption A showed in the last block the
+switch did not touch (``score_switch``'s ``last_before``), how often the objects the switch did
+not name stayed as they were (share of blocks, after and before the switch, over the switches
+that keep an object), and the share of videos with an object no caption named.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 
 from ..config import CascadeConfig
 from ..engine.engine import Engine
+from ..engine.session import SWITCH_MODES
 from ..weights.bundle import Bundle
-from .detectors import detect_objects
+from .switch_metrics import score_switch
+from .switch_set import KINDS, SWITCH_SETS, SwitchItem, switch_items
 
-SWITCHES = [
-    ("a red circle moving right", "a blue circle moving right"),
-    ("a green square moving up", "a yellow square moving up"),
-    ("a white triangle moving left", "a magenta triangle moving left"),
-    ("an orange circle staying still", "a cyan circle staying still"),
-]
+SWITCH_BLOCKS = 12
+SWITCH_BLOCK = 6
 
 
-def _new_color(prompt: str) -> str:
-    from ..world import parse_caption
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
-    return parse_caption(prompt)[0].color
+
+def _summary(scores: list[dict]) -> dict:
+    delays = [s["blocks_to_show"] for s in scores]
+    shown = [d for d in delays if d is not None]
+    n = len(scores)
+    return {
+        "shown_within_1": sum(d <= 1 for d in shown) / n,
+        "shown_within_2": sum(d <= 2 for d in shown) / n,
+        "mean_blocks_to_show": float(np.mean(shown)) if shown else None,
+        "never_shown": (n - len(shown)) / n,
+    }
 
 
-def blocks_to_switch(frames: np.ndarray, frames_per_block: int, switch_block: int, color: str) -> int | None:
-    """Blocks after ``switch_block`` until a block's dominant detected colour is ``color`` (0 = at once)."""
-    nblocks = len(frames) // frames_per_block
-    for b in range(switch_block, nblocks):
-        clip = frames[b * frames_per_block : (b + 1) * frames_per_block]
-        det = detect_objects(clip, max_objects=1)
-        if det and det[0].color == color:
-            return b - switch_block
-    return None
+def summarize(scores: list[dict], items: list[SwitchItem]) -> dict:
+    """The row figures of one (level, mode) from ``score_switch`` results of ``items``."""
+    kept = [s for s in scores if s["kept_after"] is not None]
+    by_kind = {}
+    for kind in KINDS:
+        mine = [s for s, it in zip(scores, items, strict=True) if it.kind == kind]
+        if mine:
+            by_kind[kind] = {"switches": len(mine), **_summary(mine)}
+    return {
+        **_summary(scores),
+        "before_shown": float(np.mean([s["before_shown"] for s in scores])),
+        "kept_after": _mean([s["kept_after"] for s in kept]),
+        "kept_before": _mean([s["kept_before"] for s in kept]),
+        "kept_switches": len(kept),
+        "extra_object_share": float(np.mean([s["extra_object"] for s in scores])),
+        "by_kind": by_kind,
+    }
 
 
 def run_switch_check(
     bundle: Bundle,
     levels: list[int],
     attention: str = "causal",
-    blocks: int = 12,
-    switch_block: int = 6,
-    seeds: int = 4,
+    switches: int | None = None,
+    switch_set: str = "reported",
+    modes: tuple[str, ...] = SWITCH_MODES,
+    blocks: int = SWITCH_BLOCKS,
+    switch_block: int = SWITCH_BLOCK,
     progress: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """One row per (level, switch mode) over SWITCHES x ``seeds`` videos; ``progress(done,
-    total)`` after every video, ``on_row(row)`` as soon as a row is complete."""
+    """One row per (level, switch mode) over the first ``switches`` of ``switch_set`` (all: None);
+    ``progress(done, total)`` after every video, ``on_row(row)`` as soon as a row is complete."""
+    items = switch_items(switch_set, switches)
+    total, done = switch_videos(levels, len(items), modes), 0
     rows = []
-    total, done = switch_videos(levels, seeds), 0
     for level in levels:
-        for mode in ("no-recache", "recache"):
+        for mode in modes:
             eng = Engine(bundle, CascadeConfig(level=level, attention=attention, switch_mode=mode))
-            delays, misses, recache_s = [], 0, []
-            for old, new in SWITCHES:
-                for seed in range(seeds):
-                    v = eng.generate(old, blocks, seed=seed, switches=[(switch_block, new)])
-                    fpb = v.frames.shape[1] // blocks
-                    d = blocks_to_switch(v.frames[0], fpb, switch_block, _new_color(new))
-                    if d is None:
-                        misses += 1
-                    else:
-                        delays.append(d)
-                    recache_s += eng.stats.recache_s
-                    done += 1
-                    if progress:
-                        progress(done, total)
+            last_before = max(0, switch_block - math.ceil(bundle.sampling.num_steps / eng.lag))
+            scores, recache_s = [], []
+            for it in items:
+                v = eng.generate(it.before, blocks, seed=it.seed, switches=[(switch_block, it.after)])
+                frames = v.frames[0]
+                scores.append(score_switch(frames, frames.shape[0] // blocks, it, switch_block, last_before))
+                recache_s += eng.stats.recache_s
+                done += 1
+                if progress:
+                    progress(done, total)
             row = {
                 "level": level,
                 "attention": attention,
                 "switch_mode": mode,
+                "switch_set": switch_set,
+                "switches": len(items),
                 "switch_block": switch_block,
-                "mean_blocks_to_new_color": float(np.mean(delays)) if delays else float("nan"),
-                "max_blocks_to_new_color": int(max(delays)) if delays else None,
-                "never_switched": misses,
-                "runs": len(SWITCHES) * seeds,
+                "last_block_before": last_before,
+                "blocks": blocks,
+                **summarize(scores, items),
                 "recache_forward_s": float(np.median(recache_s)) if recache_s else 0.0,
             }
             rows.append(row)
@@ -85,26 +111,55 @@ def run_switch_check(
     return rows
 
 
-def switch_videos(levels: list[int], seeds: int) -> int:
-    """Videos run_switch_check generates: both switch modes at every level."""
-    return len(levels) * 2 * len(SWITCHES) * seeds
+def switch_videos(levels: list[int], switches: int, modes: tuple[str, ...] = SWITCH_MODES) -> int:
+    """Videos run_switch_check generates: every switch mode at every level."""
+    return len(levels) * len(modes) * switches
 
 
-SWITCH_HEADER = "level | attention | mode | mean blocks | max | never | recache s"
+SWITCH_HEADER = (
+    "level | attention | mode | switches | <=1 blk | <=2 blk | mean blk | never | A shown | "
+    "kept after (before) | extra obj | recache s"
+)
 
 
-def format_switch_header() -> str:
-    title = "prompt switch: blocks after the switch block until the new colour is detected"
+def format_switch_header(switch_set: str = "reported", switches: int | None = None) -> str:
+    total = SWITCH_SETS[switch_set][2]
+    switches = total if switches is None else switches
+    n = f"{switches} of the {total} {switch_set} switches" + ("" if switches == total else " (--full: all)")
+    title = (
+        f"prompt switch at block {SWITCH_BLOCK} of {SWITCH_BLOCKS}, {n}: share of switches whose new "
+        "attributes all show within 1 / 2 blocks after the switch block"
+    )
     return "\n".join([title, SWITCH_HEADER, "-" * len(SWITCH_HEADER)])
 
 
+def _f(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def format_switch_row(r: dict) -> str:
+    kept = f"{_f(r['kept_after'], '.2f')} ({_f(r['kept_before'], '.2f')})"
     return (
-        f"P{r['level']} | {r['attention']} | {r['switch_mode']} | "
-        f"{r['mean_blocks_to_new_color']:.2f} | {r['max_blocks_to_new_color']} | "
-        f"{r['never_switched']}/{r['runs']} | {r['recache_forward_s']:.3f}"
+        f"P{r['level']} | {r['attention']} | {r['switch_mode']} | {r['switches']} | "
+        f"{r['shown_within_1']:.3f} | {r['shown_within_2']:.3f} | {_f(r['mean_blocks_to_show'])} | "
+        f"{r['never_shown']:.3f} | {r['before_shown']:.3f} | {kept} | {r['extra_object_share']:.3f} | "
+        f"{r['recache_forward_s']:.3f}"
     )
 
 
+def format_by_kind(rows: list[dict]) -> str:
+    head = "level | mode | kind | switches | <=1 blk | <=2 blk | mean blk | never"
+    lines = ["prompt switch by kind", head, "-" * len(head)]
+    for r in rows:
+        for kind, k in r["by_kind"].items():
+            lines.append(
+                f"P{r['level']} | {r['switch_mode']} | {kind} | {k['switches']} | "
+                f"{k['shown_within_1']:.3f} | {k['shown_within_2']:.3f} | "
+                f"{_f(k['mean_blocks_to_show'])} | {k['never_shown']:.3f}"
+            )
+    return "\n".join(lines)
+
+
 def format_switch(rows: list[dict]) -> str:
-    return "\n".join([format_switch_header(), *map(format_switch_row, rows)])
+    r0 = rows[0]
+    return "\n".join([format_switch_header(r0["switch_set"], r0["switches"]), *map(format_switch_row, rows)])

@@ -23,18 +23,16 @@ The two sets share no canonical pair and no seed.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from vidcascade.world import COLORS, MOTIONS, SHAPES, ObjectAttrs, canonical_caption, caption, parse_caption
+from vidcascade.world import COLORS, MOTIONS, SHAPES, ObjectAttrs, caption, parse_caption
 from vidcascade.world.generate import sample_attrs
+from vidcascade.world.holdout import canonical_pair, is_held_out
 
 KINDS: tuple[str, ...] = ("color", "shape", "direction", "still-moving", "count")
-HASH_BUCKETS = 8
-HELD_OUT_BUCKETS = frozenset({3})
 """Buckets of the canonical-pair hash reserved for evaluation (1 of 8)."""
 
 SWITCH_SETS: dict[str, tuple[int, int, int]] = {
@@ -78,20 +76,6 @@ class SwitchItem:
         return tuple(
             i for i in range(min(len(self.attrs_before), len(self.attrs_after))) if i != self.changed
         )
-
-
-def canonical_pair(before: Sequence[ObjectAttrs], after: Sequence[ObjectAttrs]) -> str:
-    """The wording-free identity of a switch: ``"A -> B"`` with both captions in canonical form."""
-    return f"{canonical_caption(before)} -> {canonical_caption(after)}"
-
-
-def is_held_out(before: Sequence[ObjectAttrs], after: Sequence[ObjectAttrs]) -> bool:
-    """Whether the switch before -> after is reserved for evaluation (trainers must not sample it).
-
-    crc32, not ``hash()``: the same answer in every process and Python version.
-    """
-    key = canonical_pair(before, after).encode()
-    return zlib.crc32(key) % HASH_BUCKETS in HELD_OUT_BUCKETS
 
 
 def _other(rng: np.random.Generator, options: Sequence[str], exclude: Sequence[str]) -> str:

@@ -21,7 +21,7 @@ import torch
 from ..config import model_preset
 from ..models.wan_dit import CausalWanDiT, init_weights
 from .common import fit, require_at_least_one, require_context_noise, start_run
-from .latent_data import block_overlaps, data_text_mode, switch_rows
+from .latent_data import block_overlaps, data_text_mode, held_out_clips, switch_rows
 from .layouts import LayoutSampler, layout_mask
 from .switch_text import block_prompts, drop_text, select_text, text_kwargs
 
@@ -135,6 +135,12 @@ class Batcher:
         self.text_after = data.get("text_after")  # fp16 [M, P, L, D] of the switched clips
         self.switch_share = switch_share
         self.steps = steps
+        # Clips whose switch is one the eval holds out (world/holdout.py; data built before the
+        # sampler rejected them) are never drawn, as plain clips or as switches.
+        held = held_out_clips(data)
+        self.allowed = np.flatnonzero(~held) if held.any() else None
+        if held.any():
+            log.info("%d clips carry a held-out switch: never sampled", int(held.sum()))
         if switch_share > 0 and not (self.switch_block >= 0).any():
             log.warning("switch_share %s: no clip in the data has a prompt switch", switch_share)
         self.tpf = tokens_per_frame
@@ -177,9 +183,15 @@ class Batcher:
             # Clips whose switch block is one of the sample's blocks, after its first.
             k = self.switch_block
             pool = np.flatnonzero(np.isin(k, list(blocks)) & (k > blocks[0]))
+            if self.allowed is not None:
+                pool = np.intersect1d(pool, self.allowed)
             if len(pool):
                 hit = rng.random(batch) < self.switch_share
                 out = np.where(hit, pool[rng.integers(len(pool), size=batch)], out)
+        if self.allowed is not None:
+            bad = ~np.isin(out, self.allowed)
+            if bad.any():
+                out[bad] = self.allowed[rng.integers(len(self.allowed), size=int(bad.sum()))]
         return out
 
     def batch_text(self, idx: torch.Tensor, cap: torch.Tensor, layout) -> torch.Tensor | tuple:

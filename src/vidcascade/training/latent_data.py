@@ -39,6 +39,8 @@ from ..models.wan_vae_blocks import CausalState
 from ..weights.embedded import check_text_mode
 from ..world import SwitchConfig, caption, render, render_switch, sample_spec, sample_switch
 from ..world.generate import box_overlaps
+from ..world.holdout import is_held_out
+from ..world.palette import ObjectAttrs
 from ..world.switch import switch_overlaps
 from .common import to_video_tensor
 
@@ -112,6 +114,25 @@ def switch_rows(data: dict) -> tuple[np.ndarray, np.ndarray]:
     if int(has.sum()) != len(data["text_after"]):
         raise ValueError(f"{int(has.sum())} clips switch but text_after has {len(data['text_after'])} rows")
     return block, rows
+
+
+def held_out_clips(data: dict) -> np.ndarray:
+    """bool [N]: clips whose switch is reserved for evaluation (``world.holdout``). Data built since
+    the switch sampler rejects them has none; older switch data may."""
+    n = len(data["text"])
+    if "attrs_after" not in data:
+        return np.zeros(n, dtype=bool)
+
+    def objs(rows) -> list[ObjectAttrs]:
+        return [ObjectAttrs(*r) for r in rows]
+
+    return np.array(
+        [
+            after is not None and is_held_out(objs(before), objs(after))
+            for before, after in zip(data["attrs"], data["attrs_after"])
+        ],
+        dtype=bool,
+    )
 
 
 def data_text_mode(data: dict) -> str:

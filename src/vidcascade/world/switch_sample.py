@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vidcascade.world.generate import GeometryConfig
+from vidcascade.world.holdout import is_held_out
 from vidcascade.world.palette import COLORS, MOTION_DIRECTIONS, MOTIONS, SHAPES, ObjectAttrs
 from vidcascade.world.render import ClipSpec, object_centers
 from vidcascade.world.switch import FRAMES_PER_BLOCK, SWITCH_KINDS, Switch, check_switch, tracks
@@ -205,6 +206,9 @@ def sample_switch(
         block = int(rng.integers(config.blocks[0], config.blocks[1] + 1))
         kind, after = sample_after(rng, spec, config, first)
         sw = build_switch(spec, after, block, rng, config.geometry)
-        if sw is not None and switch_is_clear(spec, sw, config.geometry):
+        # Held-out pairs belong to the eval's switch sets (world/holdout.py): never trained on.
+        if sw is None or is_held_out(spec.attrs, sw.after):
+            continue
+        if switch_is_clear(spec, sw, config.geometry):
             return kind, sw
     return None

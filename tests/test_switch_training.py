@@ -243,3 +243,38 @@ def test_trainers_run_on_switch_data(tmp_path: Path) -> None:
     )
     distill(tmp_path / "latents.pt", tmp_path, dcfg)
     assert torch.load(tmp_path / "distill_ckpt.pt", weights_only=False)["step"] == 2
+
+
+def test_held_out_switches_are_never_sampled_or_drawn() -> None:
+    from vidcascade.world import ObjectAttrs, sample_spec, sample_switch
+    from vidcascade.world.holdout import is_held_out
+
+    # The world's sampler never returns a held-out pair (about 1 in 8 of all pairs).
+    rng = np.random.default_rng(0)
+    drawn = 0
+    for _ in range(300):
+        spec = sample_spec(rng, 0.5)
+        got = sample_switch(spec, rng)
+        if got is not None:
+            drawn += 1
+            assert not is_held_out(spec.attrs, got[1].after)
+    assert drawn > 200
+    # Data built before that (clips 1 and 4 carry a held-out switch): the batcher never draws them.
+    data = _switch_data()
+    held, free = [("red", "circle", "right")], [("blue", "square", "up")]
+    while not is_held_out([ObjectAttrs(*held[0])], [ObjectAttrs(*free[0])]):
+        free = [(free[0][0], free[0][1], "still" if free[0][2] == "up" else "up")]
+        held = [("green", held[0][1], held[0][2])] if held[0][0] == "red" else [("red", "triangle", "left")]
+    plain = [("white", "circle", "left")]
+    data["attrs"] = [plain, held, plain, plain, held, plain, plain, plain]
+    after_ok = [("yellow", "circle", "left")]
+    assert not is_held_out([ObjectAttrs(*plain[0])], [ObjectAttrs(*after_ok[0])])
+    data["attrs_after"] = [None, free, None, after_ok, free, None, after_ok, None]
+    batcher = Batcher(data, 16, switch_share=1.0)
+    sampler = LayoutSampler(clip_blocks=4, max_blocks=4)
+    rng = np.random.default_rng(2)
+    seen = set()
+    for _ in range(200):
+        layout, _ = sampler.sample_tick(rng, lambda nb: 4, (0.2,) * 5)
+        seen |= set(batcher.sample_clips(rng, 4, layout.clip_blocks).tolist())
+    assert seen == {0, 2, 3, 5, 6, 7}

@@ -46,6 +46,10 @@ def test_bench_rows_per_compile_mode():
         assert r["fps_ticks"] > 0 and r["speedup_ticks"] > 0
         assert (r["fps_bare"] is None) == r["compiled"]  # no bare bound for compiled runs
     assert rows[0]["speedup_ticks"] == rows[1]["speedup_ticks"] == 1.0  # each over its own P0
+    # P0: 3 committed lengths (0, 1, 2 blocks); P2 (lag 1): 1..3 in flight ramping up, then down.
+    assert rows[1]["compiled_graphs"] > 0 and rows[3]["compiled_graphs"] > 0
+    assert rows[1]["graph_breaks"] == 0 and rows[1]["graphs_after_warmup"] == 0
     text = format_bench(rows, machine_info(bundle.device), "micro")
     assert "profile P2 decode thread compiled" in text and "(compiled: not timed)" in text
     assert "profile P2 decode thread eager" in text
+    assert "graph breaks 0; graphs compiled in the measured runs 0" in text

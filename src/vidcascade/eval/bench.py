@@ -172,6 +172,13 @@ def _hidden(run: _Run, tick_s: float) -> float:
     return min(1.0, max(0.0, (tick_s + side - run.wall_s) / max(1e-9, side)))
 
 
+def _compile_counts() -> tuple[int, int]:
+    """Graphs dynamo has compiled and graph breaks it has met in this process, so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
 def _pct(values, q: float) -> float:
     return float(np.percentile(list(values), q))
 
@@ -256,6 +263,8 @@ def run_bench(
     bare: dict[tuple[int, str, bool], list[float]] = defaultdict(list)
     profiles: dict[tuple[int, str, bool], Profile] = {}
     switched: dict[tuple[int, str], list[_Run]] = defaultdict(list)
+    warm_graphs: dict[tuple[int, str, bool], int] = {}
+    start = _compile_counts()
     sw = [(switch_block, switch_prompt)]
     total = len(keys) * (1 + repeats) * (2 if cached_engines else 1)
     total += len(levels) * repeats * 2 if switch else 0
@@ -269,12 +278,15 @@ def run_bench(
 
     with tempfile.TemporaryDirectory() as folder:
         for k in keys:  # warm-up: allocator, caches, text K/V, the writer's first start, compilation
+            before = _compile_counts()
             for eng in (engines[k], cached_engines.get(k)):
                 if eng is not None:
                     with mode_of(k[2]):
                         n = blocks if k[2] else min(blocks, 4)
                         _run(eng, prompt, n, seed, writer=_open_writer(write, folder, bundle.fps))
                     tick()
+            warm_graphs[k] = _compile_counts()[0] - before[0]
+        measured = _compile_counts()
         for rep in range(repeats):
             for k in keys:
                 eng = engines[k]
@@ -302,6 +314,11 @@ def run_bench(
                         switched[(lv, mode)].append(run)
                         tick()
 
+    end = _compile_counts()
+    compile_info = {
+        "graph_breaks": end[1] - start[1],
+        "graphs_after_warmup": end[0] - measured[0],
+    }
     rows = []
     for k in keys:
         lv, d, c = k
@@ -319,6 +336,8 @@ def run_bench(
             "lag": eng.lag,
             "decode": d,
             "compiled": c,
+            "compiled_graphs": warm_graphs[k] if c else None,
+            **(compile_info if c else {}),
             "write": write,
             "attention": attention,
             "blocks": blocks,
@@ -496,6 +515,14 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
             f"cache {r['cache_policy']} (threshold {r['cache_threshold']}): skip: share of DiT-block "
             "computations skipped; x e2e, x ticks: cached run over the uncached run of the same level, "
             "decode mode and round (median over rounds)"
+        )
+    compiled = [r for r in rows if r["compiled"]]
+    if compiled:
+        per_level = ", ".join(f"P{r['level']} {r['compiled_graphs']}" for r in compiled)
+        lines.append(
+            f"compiled: graphs compiled in each level's warm-up: {per_level}; graph breaks "
+            f"{compiled[0]['graph_breaks']}; graphs compiled in the measured runs "
+            f"{compiled[0]['graphs_after_warmup']}"
         )
     for r in rows:
         if "profile" in r:

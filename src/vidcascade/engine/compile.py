@@ -50,19 +50,23 @@ def compile_dit(
     mode: str | None = "auto",
     backend: str = "inductor",
     max_shapes: int = 64,
+    dynamic: bool | None = False,
 ) -> CausalWanDiT:
     """Compile ``model``'s trunk in place (the module keeps its type and its eager ``_trunk``).
 
     mode: torch.compile's mode; "auto" = ``default_compile_mode`` of the model's device.
     max_shapes: raise dynamo's recompile limit to at least this many graphs (``tick_shape_bound``
-    of the model's sampling and cache); beyond the limit dynamo runs further shapes uncompiled."""
+    of the model's sampling and cache); beyond the limit dynamo runs further shapes uncompiled.
+    dynamic: False = a graph per tick shape (the default); None = dynamo's automatic dynamic
+    shapes (a shape that changes is made symbolic on its first recompile: fewer graphs, for a
+    large model whose every graph takes minutes to compile; CUDA graphs still record per shape)."""
     device = model.patch_embedding.weight.device
     if mode == "auto":
         mode = default_compile_mode(device)
     cfg = torch._dynamo.config
     cfg.recompile_limit = max(cfg.recompile_limit, max_shapes)
     cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 2 * max_shapes)
-    compiled = torch.compile(model._trunk, mode=mode, backend=backend, dynamic=False)
+    compiled = torch.compile(model._trunk, mode=mode, backend=backend, dynamic=dynamic)
     if mode == "reduce-overhead":
 
         def run(*args):

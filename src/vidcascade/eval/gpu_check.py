@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument(
+        "--compile-dynamic",
+        action="store_true",
+        help="dynamo's automatic dynamic shapes instead of a graph per tick shape (fewer compilations)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cuda = torch.cuda.is_available() and not args.tiny
@@ -116,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     print(attention_check(bundle))
     compiles = (False,) if args.no_compile else (False, True)
     if not args.no_compile:
-        compile_dit(bundle.dit, max_shapes=tick_shape_bound(bundle.sampling, bundle.cache))
+        bound = tick_shape_bound(bundle.sampling, bundle.cache)
+        compile_dit(bundle.dit, max_shapes=bound, dynamic=None if args.compile_dynamic else False)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()

@@ -43,6 +43,13 @@ def _switch(text: str) -> tuple[int, str]:
     return b, prompt.strip()
 
 
+def _compile_modes(text: str) -> tuple[bool, ...]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in ("off", "on") for m in modes) or len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(f"--compile-modes expects off, on or off,on, got {text!r}")
+    return tuple(m == "on" for m in modes)
+
+
 def _levels(text: str) -> list[int]:
     try:
         out = [int(x) for x in text.split(",") if x.strip()]
@@ -185,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--no-switch", action="store_true", help="skip the prompt-switch runs")
     b.add_argument("--profile", action="store_true", help="print a time breakdown of each level's last run")
+    b.add_argument(
+        "--compile-modes",
+        type=_compile_modes,
+        default=None,
+        help="compare the DiT eager and compiled, comma-separated: off,on (interleaved in one run; "
+        "'on' compiles it; default: as --compile says)",
+    )
     add_feature_cache_args(b)  # each level also runs cached, interleaved with its uncached runs
     i = sub.add_parser(
         "inspect",
@@ -329,9 +343,9 @@ def _load(args):
         except ValueError as e:
             raise CliError(f"--steps: {e}") from None
     if args.compile:
-        from .weights.loading import compile_dit
+        from .engine.compile import compile_dit, tick_shape_bound
 
-        compile_dit(bundle.dit)
+        compile_dit(bundle.dit, max_shapes=tick_shape_bound(bundle.sampling, bundle.cache))
     return bundle
 
 
@@ -400,9 +414,13 @@ def cmd_bench(args) -> int:
         from .io.output import check_file_target
 
         check_file_target(args.json_path, "a file name", what="--json")
+    if args.compile_modes is not None and any(args.compile_modes):
+        args.compile = True  # compiled once; eager runs bypass the compiled trunk
     if args.parallel == "temporal":
         if args.cache not in (None, "none"):
             raise CliError("--cache works in one process only; drop --parallel temporal or --cache")
+        if args.compile_modes is not None and len(args.compile_modes) > 1:
+            raise CliError("--compile-modes off,on works in one process only; drop --parallel temporal")
         from .distributed.launch import bench_temporal
 
         return bench_temporal(args)
@@ -440,6 +458,7 @@ def cmd_bench(args) -> int:
             switch=not args.no_switch,
             profile=args.profile,
             cache=feature_cache_config(args, bundle.feature_cache) if args.cache else None,
+            compiles=args.compile_modes,
         )
     finally:
         bar.close()

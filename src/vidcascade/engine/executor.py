@@ -25,9 +25,17 @@ import torch
 
 from ..cache.pool import KVPool
 from ..caching.hook import FeatureCache
-from ..models.wan_dit import CausalWanDiT, KVAccess, TextKV
+from ..models.wan_dit import CausalWanDiT, KVAccess, TextKV, TickTables, sinusoidal_embedding
 from ..scheduling.plan import Entry, Tick
 from ..scheduling.timesteps import Schedule, x0_from_velocity
+from .attention_plan import (
+    AttentionImpl,
+    TickView,
+    check_attention_impl,
+    default_attention_impl,
+    tick_attention,
+)
+from .compile import mark_pool_static
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -75,6 +83,10 @@ class Executor:
     RoPE refresh keeps the sink a fixed distance behind the window)."""
     feature_cache: FeatureCache | None = None
     """Feature cache hook (vidcascade.caching.apply_feature_cache); None = compute everything."""
+    attention_impl: AttentionImpl | None = None
+    """How a tick's sink bias is applied: "dense" (folded into an additive mask) or "split" (exact,
+    through log-sum-exp, mask-free where every key is visible); None = the device's default
+    (engine/attention_plan.py)."""
 
     def __post_init__(self) -> None:
         self.device = self.pool.device
@@ -86,6 +98,12 @@ class Executor:
         self.model_batch = self.batch * (2 if self.guided else 1)
         self._t_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._freq_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._rope_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._attn_cache: dict[tuple, object] = {}
+        if self.attention_impl is None:
+            self.attention_impl = default_attention_impl(self.device)
+        mark_pool_static(self.pool.k + self.pool.v)  # CUDA graphs of --compile write them in place
         s = self.schedule
         self._stage_t = [*s.timesteps, s.cache_timestep]
         block_shape = (self.batch, c, self.frames_per_block, h, w)
@@ -138,6 +156,38 @@ class Executor:
             self._pos_cache[key] = torch.tensor(frames, dtype=torch.long, device=self.device)
         return self._pos_cache[key]
 
+    def _tables(self, entries: Sequence[Entry]) -> TickTables:
+        """The forward's per-tick tables: the timestep embedding per stage tuple (a handful at
+        steady state), RoPE per block tuple (new every tick; a small cache serves repeated runs)."""
+        stages = tuple(e.stage for e in entries)
+        if stages not in self._freq_cache:
+            self._freq_cache[stages] = sinusoidal_embedding(self._timesteps(stages), self.model.cfg.freq_dim)
+        key = (*(e.block for e in entries), -1, self.rope_offset)
+        if key not in self._rope_cache:
+            if len(self._rope_cache) > 64:
+                self._rope_cache.clear()
+            _, ph, pw = self.model.cfg.patch_size
+            _, h, w = self.latent_shape
+            pos = self._positions(tuple(e.block for e in entries))
+            self._rope_cache[key] = self.model.rope.cos_sin(pos, h // ph, w // pw)
+        return TickTables(self._freq_cache[stages], *self._rope_cache[key])
+
+    def use_attention(self, impl: AttentionImpl) -> None:
+        """Apply the sink bias through ``impl`` ("dense" | "split") from the next tick on."""
+        check_attention_impl(impl)
+        self.attention_impl = impl
+        self._attn_cache.clear()
+
+    def tick_view(self, n_inflight: int) -> KVAccess:
+        """The pool's store for a tick of ``n_inflight`` blocks, attending through a
+        ``TickAttention`` prepared once per (in-flight count, committed length, sink bias)."""
+        pool = self.pool
+        ct = pool.valid_committed_tokens()
+        key = (n_inflight, ct, pool.sink_bias_tokens(ct))
+        if key not in self._attn_cache:
+            self._attn_cache[key] = tick_attention(pool, n_inflight, ct, self.causal, self.attention_impl)
+        return TickView(pool.tick_view(n_inflight, self.causal), self._attn_cache[key])
+
     # -- positions over long streams -------------------------------------------------------------
 
     def rebase(self, delta: int) -> None:
@@ -160,7 +210,7 @@ class Executor:
         entries = tick.entries
         n = len(entries)
         states = self.states(entries)
-        v = self.forward(entries, states, text_kv, self.pool.tick_view(n, self.causal))
+        v = self.forward(entries, states, text_kv, self.tick_view(n))
         fpb = self.frames_per_block
         ready = {}
         for i, (e, st) in enumerate(zip(entries, states)):
@@ -185,10 +235,10 @@ class Executor:
         n = len(entries)
         x = self._input(states)  # [model_batch, C, n*fpb, h, w]
         t = self._timesteps(tuple(e.stage for e in entries))  # [B, n*fpb]
-        pos = self._positions(tuple(e.block for e in entries))  # [n*fpb]
+        tables = self._tables(entries)  # timestep embedding [B, n*fpb, freq], RoPE [N, Dh/2]
         fc = self.feature_cache
         hook = fc.begin_tick(entries, text_kv) if fc is not None else None
-        v = self._guided(x, t, text_kv, pos, view, hook)  # [B, C, n*fpb, h, w]
+        v = self._guided(x, t, text_kv, tables, view, hook)  # [B, C, n*fpb, h, w]
         if fc is not None:
             fc.end_tick()
         self.counters.forwards += 1
@@ -215,13 +265,13 @@ class Executor:
             buf[self.batch :].copy_(buf[: self.batch])
         return buf
 
-    def _guided(self, x, t, text_kv: TextKV, pos, view, hook=None) -> torch.Tensor:
+    def _guided(self, x, t, text_kv: TextKV, tables: TickTables, view, hook=None) -> torch.Tensor:
         """The model's velocity [B, ...] from its input ``x`` [model_batch, ...], with
         classifier-free guidance when enabled (``x`` and text_kv then hold the text and the empty
         context stacked along the batch)."""
         if not self.guided:
-            return self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view, layer_hook=hook).float()
-        v = self.model(x, t, text_kv=text_kv, frame_pos=pos, kv=view, layer_hook=hook).float()
+            return self.model(x, t, text_kv=text_kv, kv=view, layer_hook=hook, tables=tables).float()
+        v = self.model(x, t, text_kv=text_kv, kv=view, layer_hook=hook, tables=tables).float()
         v_text, v_empty = v.chunk(2)
         return v_empty + self.guidance * (v_text - v_empty)
 

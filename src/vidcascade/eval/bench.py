@@ -28,8 +28,11 @@ import numpy as np
 import torch
 
 from ..config import CascadeConfig, FeatureCacheConfig
+from ..engine.attention_plan import tick_attention
+from ..engine.compile import eager, is_compiled
 from ..engine.decode_worker import check_decode_mode
 from ..engine.engine import Engine, RunStats
+from ..models.attention import TickAttention
 from ..weights.bundle import Bundle
 from .profile import Profile
 
@@ -62,7 +65,7 @@ def machine_info(device: torch.device) -> dict:
 class _BareKV:
     """Keys/values of the right length, no writes: the attention cost without the engine's K/V work."""
 
-    def __init__(self, k: list[torch.Tensor], mask: torch.Tensor | None) -> None:
+    def __init__(self, k: list[torch.Tensor], mask: TickAttention) -> None:
         self.k, self.mask = k, mask
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -87,16 +90,11 @@ def bare_forward_seconds(engine: Engine, n_inflight: int, committed_tokens: int,
         torch.randn(batch, cfg.num_heads, nk, cfg.head_dim, device=dev, dtype=dtype)
         for _ in range(cfg.num_layers)
     ]
-    mask = None
-    if engine.cascade.attention == "causal" and n_inflight > 1:
-        from ..models.masks import inflight_mask
-
-        mask = inflight_mask(n_inflight, engine.pool.tokens_per_block, committed_tokens, True, dev)
-    # With a sink bias the engine attends through an additive mask once the window holds frames;
-    # the pool is reset first, since a run with a prompt switch leaves the bias off (the next
-    # stream resets it anyway).
+    # The attention the engine's ticks use (masks, sink bias) for this shape; the pool is reset
+    # first, since a run with a prompt switch leaves the bias off (the next stream resets it anyway).
     engine.pool.reset()
-    mask = engine.pool.with_sink_bias(mask, nk - committed_tokens, nk, committed_tokens)
+    causal = engine.cascade.attention == "causal"
+    mask = tick_attention(engine.pool, n_inflight, committed_tokens, causal, engine.executor.attention_impl)
     kv = _BareKV(keys, mask)
     times = []
     with torch.no_grad():
@@ -174,6 +172,13 @@ def _hidden(run: _Run, tick_s: float) -> float:
     return min(1.0, max(0.0, (tick_s + side - run.wall_s) / max(1e-9, side)))
 
 
+def _compile_counts() -> tuple[int, int]:
+    """Graphs dynamo has compiled and graph breaks it has met in this process, so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
 def _pct(values, q: float) -> float:
     return float(np.percentile(list(values), q))
 
@@ -205,13 +210,18 @@ def run_bench(
     switch: bool = True,
     profile: bool = False,
     cache: FeatureCacheConfig | None = None,
+    compiles: tuple[bool, ...] | None = None,
 ) -> list[dict]:
-    """One row per (level, decode mode). Runs are interleaved round-robin over levels and decode
-    modes; after each end-to-end run its bare-forward bound is timed, so both see the same load.
+    """One row per (level, decode mode, compiled or not). Runs are interleaved round-robin over
+    levels, decode modes and compile modes; after each eager end-to-end run its bare-forward bound
+    is timed, so both see the same load.
     ``write``: mp4 | gif | npz | none (the writer the end-to-end runs append to, in a temporary
     folder). ``switch``: also measure the prompt-switch latency (two more runs per round).
     ``cache``: also run each (level, decode mode) with this feature cache, one more run per round
-    (policy "none" or None: no cached runs)."""
+    (policy "none" or None: no cached runs). ``compiles``: run each level eager (False) and/or
+    through the model's compiled trunk (True; compile it first: engine/compile.py); None: as the
+    model is. Compiled runs warm up over every block, so that each tick shape is compiled before
+    the measured runs, and have no bare-forward bound (it would compile shapes of its own)."""
     steps = bundle.sampling.num_steps
     for lv in levels:
         if not 0 <= lv <= steps:
@@ -220,10 +230,19 @@ def run_bench(
         raise ValueError(f"bench needs at least 3 blocks, got {blocks}")
     for d in decodes:
         check_decode_mode(d)
+    if compiles is None:
+        compiles = (is_compiled(bundle.dit),)
+    if any(compiles) and not is_compiled(bundle.dit):
+        raise ValueError(
+            "compiled runs asked for, but the model is not compiled (engine.compile.compile_dit)"
+        )
     switch_block = blocks // 2
-    keys = [(lv, d) for lv in levels for d in decodes]
+    keys = [(lv, d, c) for lv in levels for d in decodes for c in compiles]
 
-    def engine(lv: int, d: str, mode: str = "no-recache") -> Engine:
+    def mode_of(c: bool):
+        return nullcontext() if c else eager(bundle.dit)
+
+    def engine(lv: int, d: str, c: bool = False, mode: str = "no-recache") -> Engine:
         cascade = CascadeConfig(level=lv, attention=attention, switch_mode=mode)
         return Engine(bundle, cascade, sync_timing=True, decode=d)
 
@@ -235,15 +254,17 @@ def run_bench(
         for k in keys:
             cached_engines[k] = engine(*k)
             caches[k] = apply_feature_cache(cached_engines[k], cache)
-    cached: dict[tuple[int, str], list[_Run]] = defaultdict(list)
-    skipped: dict[tuple[int, str], list[float]] = defaultdict(list)
+    cached: dict[tuple[int, str, bool], list[_Run]] = defaultdict(list)
+    skipped: dict[tuple[int, str, bool], list[float]] = defaultdict(list)
     sw_engines = {
-        (lv, mode): engine(lv, decodes[0], mode) for lv in levels for mode in ("no-recache", "recache")
+        (lv, mode): engine(lv, decodes[0], mode=mode) for lv in levels for mode in ("no-recache", "recache")
     }
-    plain: dict[tuple[int, str], list[_Run]] = defaultdict(list)
-    bare: dict[tuple[int, str], list[float]] = defaultdict(list)
-    profiles: dict[tuple[int, str], Profile] = {}
+    plain: dict[tuple[int, str, bool], list[_Run]] = defaultdict(list)
+    bare: dict[tuple[int, str, bool], list[float]] = defaultdict(list)
+    profiles: dict[tuple[int, str, bool], Profile] = {}
     switched: dict[tuple[int, str], list[_Run]] = defaultdict(list)
+    warm_graphs: dict[tuple[int, str, bool], int] = {}
+    start = _compile_counts()
     sw = [(switch_block, switch_prompt)]
     total = len(keys) * (1 + repeats) * (2 if cached_engines else 1)
     total += len(levels) * repeats * 2 if switch else 0
@@ -256,36 +277,51 @@ def run_bench(
             progress(done, total)
 
     with tempfile.TemporaryDirectory() as folder:
-        for k in keys:  # warm-up: allocator, caches, text K/V, the writer's first start
+        for k in keys:  # warm-up: allocator, caches, text K/V, the writer's first start, compilation
+            before = _compile_counts()
             for eng in (engines[k], cached_engines.get(k)):
                 if eng is not None:
-                    _run(eng, prompt, min(blocks, 4), seed, writer=_open_writer(write, folder, bundle.fps))
+                    with mode_of(k[2]):
+                        n = blocks if k[2] else min(blocks, 4)
+                        _run(eng, prompt, n, seed, writer=_open_writer(write, folder, bundle.fps))
                     tick()
+            warm_graphs[k] = _compile_counts()[0] - before[0]
+        measured = _compile_counts()
         for rep in range(repeats):
             for k in keys:
                 eng = engines[k]
                 prof = Profile(bundle) if profile and rep == repeats - 1 else nullcontext()
-                with prof:
+                with mode_of(k[2]), prof:
                     run = _run(eng, prompt, blocks, seed, writer=_open_writer(write, folder, bundle.fps))
                 if profile and rep == repeats - 1:
                     profiles[k] = prof
                 plain[k].append(run)
-                bare[k].append(_bare_seconds(eng, run, eng.text_kv(prompt), {}))
+                if not k[2]:
+                    with mode_of(False):
+                        bare[k].append(_bare_seconds(eng, run, eng.text_kv(prompt), {}))
                 tick()
                 if k in cached_engines:  # right after the uncached run, so both see the same load
                     w = _open_writer(write, folder, bundle.fps)
-                    cached[k].append(_run(cached_engines[k], prompt, blocks, seed, writer=w))
+                    with mode_of(k[2]):
+                        cached[k].append(_run(cached_engines[k], prompt, blocks, seed, writer=w))
                     skipped[k].append(caches[k].counters.skipped_share)  # counters reset per stream
                     tick()
             if switch:
                 for lv in levels:
                     for mode in ("no-recache", "recache"):
-                        switched[(lv, mode)].append(_run(sw_engines[(lv, mode)], prompt, blocks, seed, sw))
+                        with mode_of(compiles[0]):
+                            run = _run(sw_engines[(lv, mode)], prompt, blocks, seed, sw)
+                        switched[(lv, mode)].append(run)
                         tick()
 
+    end = _compile_counts()
+    compile_info = {
+        "graph_breaks": end[1] - start[1],
+        "graphs_after_warmup": end[0] - measured[0],
+    }
     rows = []
     for k in keys:
-        lv, d = k
+        lv, d, c = k
         eng = engines[k]
         runs = plain[k]
         st = runs[0].stats
@@ -299,6 +335,9 @@ def run_bench(
             "level": lv,
             "lag": eng.lag,
             "decode": d,
+            "compiled": c,
+            "compiled_graphs": warm_graphs[k] if c else None,
+            **(compile_info if c else {}),
             "write": write,
             "attention": attention,
             "blocks": blocks,
@@ -307,7 +346,7 @@ def run_bench(
             "fps_overall": statistics.median(r.stats.fps for r in runs),
             "fps_e2e": statistics.median(st.frames / r.wall_s for r in runs),
             "fps_ticks": statistics.median(st.frames / t for t in tick_s),
-            "fps_bare": statistics.median(st.frames / b for b in bare[k]),
+            "fps_bare": statistics.median(st.frames / b for b in bare[k]) if bare[k] else None,
             "decode_ms_per_block": 1000 * statistics.median(decode_s),
             "write_ms_per_block": 1000 * statistics.median(write_s),
             "overlap_pct": 100 * statistics.median(hidden),
@@ -322,10 +361,12 @@ def run_bench(
             "forwards": st.counters.forwards,
             "block_forwards": st.counters.block_forwards,
             "tick_s_total": statistics.median(tick_s),
-            "bare_forward_s_total": statistics.median(bare[k]),
-            "engine_overhead_pct": statistics.median(100.0 * (t - b) / b for t, b in zip(tick_s, bare[k])),
+            "bare_forward_s_total": statistics.median(bare[k]) if bare[k] else None,
+            "engine_overhead_pct": statistics.median(100.0 * (t - b) / b for t, b in zip(tick_s, bare[k]))
+            if bare[k]
+            else None,
         }
-        if switch and d == decodes[0]:
+        if switch and d == decodes[0] and c == compiles[0]:
             row.update(
                 {
                     "switch_block": switch_block,
@@ -367,7 +408,14 @@ def run_bench(
             )
         rows.append(row)
     for r in rows:
-        base = next((b for b in rows if b["level"] == 0 and b["decode"] == r["decode"]), None)
+        base = next(
+            (
+                b
+                for b in rows
+                if b["level"] == 0 and b["decode"] == r["decode"] and b["compiled"] == r["compiled"]
+            ),
+            None,
+        )
         r["speedup"] = r["fps"] / base["fps"] if base else None
         r["speedup_overall"] = r["fps_overall"] / base["fps_overall"] if base else None
         r["speedup_e2e"] = r["fps_e2e"] / base["fps_e2e"] if base else None
@@ -388,6 +436,7 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
         "level",
         "lag",
         "decode",
+        "compile",
         "FPS e2e",
         "x e2e",
         "FPS ticks",
@@ -430,12 +479,13 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
                     f"P{r['level']}",
                     str(r["lag"]),
                     r["decode"],
+                    "on" if r["compiled"] else "off",
                     f"{r['fps_e2e']:.1f}",
                     x(r["speedup_e2e"]),
                     f"{r['fps_ticks']:.1f}",
                     x(r["speedup_ticks"]),
                     f"{100 * ratio:.0f}%" if ratio is not None else "-",
-                    f"{r['fps_bare']:.1f}",
+                    f"{r['fps_bare']:.1f}" if r["fps_bare"] is not None else "-",
                     f"{r['decode_ms_per_block']:.1f}",
                     f"{r['write_ms_per_block']:.1f}",
                     f"{r['overlap_pct']:.0f}%",
@@ -444,7 +494,7 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
                     f"{r['latency_p95_s']:.3f}",
                     str(r["forwards"]),
                     str(r["block_forwards"]),
-                    f"{r['engine_overhead_pct']:+.1f}%",
+                    f"{r['engine_overhead_pct']:+.1f}%" if r["engine_overhead_pct"] is not None else "-",
                     f"{r['switch_extra_s_no_recache']:+.3f}" if "switch_extra_s_no_recache" in r else "-",
                     f"{r['switch_extra_s_recache']:+.3f}" if "switch_extra_s_recache" in r else "-",
                     *extra,
@@ -453,8 +503,9 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
         )
     lines.append(
         "FPS e2e: frames / wall time until the last block was written; FPS ticks: frames / the ticks' "
-        "time; x: over P0 with the same decode; e2e/ticks x: (x e2e) / (x ticks); FPS bare: frames / "
-        "bare forwards of the same shapes, timed between the runs; dec, write: median per block; "
+        "time; x: over P0 with the same decode and compile mode; e2e/ticks x: (x e2e) / (x ticks); "
+        "FPS bare: frames / bare forwards of the same shapes, timed between the runs (eager runs "
+        "only); dec, write: median per block; "
         "hidden: share of decode + write time overlapped with the ticks; overhead: ticks vs bare "
         "forwards; switch/recache +s: extra latency at a prompt switch without/with re-cache"
     )
@@ -465,7 +516,16 @@ def format_bench(rows: list[dict], info: dict, model: str) -> str:
             "computations skipped; x e2e, x ticks: cached run over the uncached run of the same level, "
             "decode mode and round (median over rounds)"
         )
+    compiled = [r for r in rows if r["compiled"]]
+    if compiled:
+        per_level = ", ".join(f"P{r['level']} {r['compiled_graphs']}" for r in compiled)
+        lines.append(
+            f"compiled: graphs compiled in each level's warm-up: {per_level}; graph breaks "
+            f"{compiled[0]['graph_breaks']}; graphs compiled in the measured runs "
+            f"{compiled[0]['graphs_after_warmup']}"
+        )
     for r in rows:
         if "profile" in r:
-            lines += ["", f"profile P{r['level']} decode {r['decode']} (last run):", r["profile"]]
+            c = "compiled" if r["compiled"] else "eager"
+            lines += ["", f"profile P{r['level']} decode {r['decode']} {c} (last run):", r["profile"]]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """A time breakdown of a run through hooks, without a branch in the engine: ``with Profile(bundle)
 as prof: ...`` times the DiT's forwards (hooks on the model), its attention modules (hooks on
-every SelfAttention / CrossAttention) and the text encoder (a wrapper on ``encode`` for the
+every SelfAttention / CrossAttention; not while the DiT runs compiled: a hook inside the compiled
+trunk would break its graph) and the text encoder (a wrapper on ``encode`` for the
 duration); the decode and write times come from the run itself (``RunStats.decode_s``, the
 writer's appends) and ``engine`` is what is left of the wall time.
 """
@@ -12,6 +13,7 @@ from collections import defaultdict
 
 import torch
 
+from ..engine.compile import is_compiled
 from ..models.wan_dit import CrossAttention, SelfAttention
 from ..weights.bundle import Bundle
 
@@ -27,6 +29,7 @@ class Profile:
         self._handles: list = []
         self._starts: dict[int, float] = {}
         self._encode = None
+        self.compiled = False
 
     def _sync(self) -> None:
         if self.bundle.device.type == "cuda":
@@ -47,7 +50,8 @@ class Profile:
         dit = self.bundle.dit
         pre, post = self._timer("DiT")
         self._handles += [dit.register_forward_pre_hook(pre), dit.register_forward_hook(post)]
-        for m in dit.modules():
+        self.compiled = is_compiled(dit)
+        for m in dit.modules() if not self.compiled else ():
             if isinstance(m, (SelfAttention, CrossAttention)):
                 pre, post = self._timer("attention")
                 self._handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
@@ -83,6 +87,9 @@ class Profile:
         s["engine"] = max(0.0, wall_s - inline)
         lines = ["part | seconds | share of wall", "-" * 30]
         for p in PARTS:
+            if p == "attention" and self.compiled:
+                lines.append("attention | - | - (compiled: not timed)")
+                continue
             note = (
                 " (in DiT)"
                 if p == "attention"

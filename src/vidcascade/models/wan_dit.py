@@ -13,7 +13,8 @@ an optional ``kv`` object (see ``KVAccess``) that stores them and returns what t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -21,9 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .attention import TickAttention, attend
 from .rope import RopeTables, apply_rope
 
 TextKV = list[tuple[torch.Tensor, ...]]
+AttnMask = torch.Tensor | TickAttention | None
+"""What self-attention takes: None (every key visible), a bool or additive mask [Nq, Nk] as SDPA
+takes it (the reference path), or a ``TickAttention`` (models/attention.py)."""
 
 
 class KVAccess(Protocol):
@@ -31,8 +36,8 @@ class KVAccess(Protocol):
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Store this forward's k, v [B, H, N, Dh]; return (keys, values, bool mask or None)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, AttnMask]:
+        """Store this forward's k, v [B, H, N, Dh]; return (keys, values, mask: see ``AttnMask``)."""
         ...
 
 
@@ -54,7 +59,7 @@ class LayerHook(Protocol):
         sin: torch.Tensor,
         text: tuple[torch.Tensor, ...],
         kv: KVAccess | None,
-        attn_mask: torch.Tensor | None,
+        attn_mask: AttnMask,
     ) -> torch.Tensor:
         """DiT block ``index`` on h [B, N, D]: returns its output [B, N, D]."""
         ...
@@ -89,6 +94,17 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
     args = t.to(torch.float64)[..., None] * freqs  # [..., half]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).float()
+
+
+@dataclass(frozen=True, eq=False)
+class TickTables:
+    """Per-tick inputs of the forward that depend only on the tick's shape (``prepare``)."""
+
+    freq: torch.Tensor
+    """Sinusoidal timestep embedding [B, F, freq_dim], fp32."""
+    cos: torch.Tensor
+    """RoPE cos [N, Dh/2], fp32 (tokens in (frame, row, column) order)."""
+    sin: torch.Tensor
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -131,7 +147,7 @@ class SelfAttention(_Projections):
         sin: torch.Tensor,
         layer: int,
         kv: KVAccess | None,
-        attn_mask: torch.Tensor | None,
+        attn_mask: AttnMask,
     ) -> torch.Tensor:
         b, n, d = x.shape
         h, hd = self.num_heads, self.head_dim
@@ -143,7 +159,7 @@ class SelfAttention(_Projections):
         v = v.transpose(1, 2)  # [B, H, N, Dh]
         if kv is not None:
             k, v, attn_mask = kv.update(layer, k, v)  # [B, H, Nk, Dh]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
+        out = attend(q, k, v, attn_mask)  # [B, H, N, Dh]
         return self.o(out.transpose(1, 2).reshape(b, n, d))
 
     def forward_rows(
@@ -153,7 +169,7 @@ class SelfAttention(_Projections):
         sin: torch.Tensor,
         layer: int,
         kv: KVAccess | None,
-        attn_mask: torch.Tensor | None,
+        attn_mask: AttnMask,
         rows: torch.Tensor,
     ) -> torch.Tensor:
         """Attention output of the query tokens ``rows`` [n] only, while every token of x [B, N, D]
@@ -169,9 +185,11 @@ class SelfAttention(_Projections):
         v = v.transpose(1, 2)
         if kv is not None:
             k, v, attn_mask = kv.update(layer, k, v)  # [B, H, Nk, Dh]
-        if attn_mask is not None:
+        if isinstance(attn_mask, TickAttention):
+            attn_mask = attn_mask.rows(rows)
+        elif attn_mask is not None:
             attn_mask = attn_mask[rows]  # [n, Nk]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, n, Dh]
+        out = attend(q, k, v, attn_mask)  # [B, H, n, Dh]
         return self.o(out.transpose(1, 2).reshape(b, -1, d))
 
 
@@ -222,7 +240,7 @@ class WanBlock(nn.Module):
         text: tuple[torch.Tensor, ...],
         layer: int,
         kv: KVAccess | None,
-        attn_mask: torch.Tensor | None,
+        attn_mask: AttnMask,
     ) -> torch.Tensor:
         # x [B, N, D]; e0 [B, F, 6, D] fp32
         mod = self.modulation.float().unsqueeze(0) + e0  # [B, F, 6, D]
@@ -247,7 +265,7 @@ class WanBlock(nn.Module):
         text: tuple[torch.Tensor, ...],
         layer: int,
         kv: KVAccess | None,
-        attn_mask: torch.Tensor | None,
+        attn_mask: AttnMask,
         frames: torch.Tensor,
         residual: torch.Tensor,
     ) -> torch.Tensor:
@@ -314,6 +332,8 @@ class CausalWanDiT(nn.Module):
         self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
         self.rope = RopeTables(cfg.head_dim, cfg.rope_max_frames)
+        self.compiled_trunk: Callable[..., torch.Tensor] | None = None
+        """``torch.compile`` of ``_trunk`` (weights.loading.compile_dit); None = eager."""
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -362,13 +382,21 @@ class CausalWanDiT(nn.Module):
             out.append((k, v, mask))
         return out
 
-    def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t [B, F] -> e [B, F, D] and e0 [B, F, 6, D], both fp32."""
-        emb = sinusoidal_embedding(t, self.cfg.freq_dim)  # [B, F, freq_dim]
+    def time_embed(self, freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sinusoidal timestep embedding freq [B, F, freq_dim] (fp32, ``prepare``) -> e [B, F, D]
+        and e0 [B, F, 6, D], both fp32."""
         w = self.time_embedding[0].weight
-        e = self.time_embedding(emb.to(w.dtype)).float()  # [B, F, D]
+        e = self.time_embedding(freq.to(w.dtype)).float()  # [B, F, D]
         e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, self.cfg.dim))  # [B, F, 6, D]
         return e, e0
+
+    def prepare(self, t: torch.Tensor, frame_pos: torch.Tensor, grid: tuple[int, int]) -> TickTables:
+        """What a forward needs that depends only on its timesteps t [B, F] and frame positions
+        frame_pos [F] on a token grid (gh, gw): the engine computes it once per tick shape, outside
+        the compiled part of the forward."""
+        freq = sinusoidal_embedding(t, self.cfg.freq_dim)  # [B, F, freq_dim] fp32 (float64 inside)
+        cos, sin = self.rope.cos_sin(frame_pos, *grid)  # [N, Dh/2] each
+        return TickTables(freq, cos, sin)
 
     def to_inference_dtype(self, dtype: torch.dtype) -> CausalWanDiT:
         """Cast to ``dtype`` (e.g. bf16) but keep Wan's fp32 islands: time MLPs and modulations."""
@@ -391,9 +419,10 @@ class CausalWanDiT(nn.Module):
         text_kv: TextKV | None = None,
         frame_pos: torch.Tensor | Sequence[int] | None = None,
         kv: KVAccess | None = None,
-        attn_mask: torch.Tensor | None = None,
+        attn_mask: AttnMask = None,
         layer_hook: LayerHook | None = None,
         frame_text: torch.Tensor | None = None,
+        tables: TickTables | None = None,
     ) -> torch.Tensor:
         """Flow velocity for latents x [B, C, F, H, W] at timesteps t [B] or [B, F] (0..1000).
 
@@ -402,7 +431,8 @@ class CausalWanDiT(nn.Module):
         attend to prompt frame_text[:, f] only (training across a prompt switch); frame_pos [F] absolute frame
         indices for RoPE (default 0..F-1); kv: the K/V store of the engine; attn_mask [N, Nk] bool
         (True = attend) when no store is given; layer_hook: a feature cache that runs the DiT
-        blocks itself (vidcascade.caching). Returns [B, out_dim, F, H, W].
+        blocks itself (vidcascade.caching); tables: ``prepare(t, frame_pos, grid)`` when the caller
+        keeps them per tick shape (computed here otherwise). Returns [B, out_dim, F, H, W].
         """
         b, c, nf, hh, ww = x.shape
         if c != self.cfg.in_dim:
@@ -426,11 +456,33 @@ class CausalWanDiT(nn.Module):
                 raise ValueError("give either context or text_kv")
             text_kv = self.text_kv(context)
 
-        dtype = self.patch_embedding.weight.dtype
-        h = self.patch_embedding(x.to(dtype))  # [B, D, F, gh, gw]
+        if tables is None:
+            tables = self.prepare(t, frame_pos.to(x.device), (gh, gw))
+        elif tables.freq.shape[:2] != (b, nf) or tables.cos.shape[0] != nf * gh * gw:
+            raise ValueError(
+                f"tables were prepared for {list(tables.freq.shape[:2])} timesteps and "
+                f"{tables.cos.shape[0]} tokens, the latents need [{b}, {nf}] and {nf * gh * gw}"
+            )
+        trunk = self._trunk if layer_hook is not None or self.compiled_trunk is None else self.compiled_trunk
+        return trunk(x, tables, text_kv, kv, attn_mask, layer_hook)
+
+    def _trunk(
+        self,
+        x: torch.Tensor,
+        tables: TickTables,
+        text_kv: TextKV,
+        kv: KVAccess | None,
+        attn_mask: AttnMask,
+        layer_hook: LayerHook | None,
+    ) -> torch.Tensor:
+        """Everything of the forward whose shapes are fixed per tick shape (what --compile compiles)."""
+        nf = x.shape[2]
+        _, ph, pw = self.cfg.patch_size
+        gh, gw = x.shape[3] // ph, x.shape[4] // pw
+        h = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # [B, D, F, gh, gw]
         h = h.flatten(2).transpose(1, 2)  # [B, N, D], N = F*gh*gw in (f, h, w) order
-        e, e0 = self.time_embed(t)  # [B, F, D], [B, F, 6, D]
-        cos, sin = self.rope.cos_sin(frame_pos.to(x.device), gh, gw)  # [N, Dh/2]
+        e, e0 = self.time_embed(tables.freq)  # [B, F, D], [B, F, 6, D]
+        cos, sin = tables.cos, tables.sin  # [N, Dh/2]
         if layer_hook is not None:
             layer_hook.embedded(h)
         for i, blk in enumerate(self.blocks):

@@ -431,9 +431,12 @@ def build_model(
     return model.eval()
 
 
-def compile_dit(model: CausalWanDiT, *, mode: str | None = None, backend: str = "inductor") -> CausalWanDiT:
-    """torch.compile the DiT's forward in place (``nn.Module.compile``): the module keeps its type,
-    attributes and methods; the first calls of each new shape (in-flight count, committed length)
-    are slow while they compile."""
-    model.compile(mode=mode, backend=backend)
-    return model
+def compile_dit(
+    model: CausalWanDiT, *, mode: str | None = "auto", backend: str = "inductor", max_shapes: int = 64
+) -> CausalWanDiT:
+    """torch.compile the DiT's trunk in place (engine/compile.py): the module keeps its type,
+    attributes and methods; the first calls of each new tick shape (in-flight count, committed
+    length) are slow while they compile. mode "auto": CUDA graphs on CUDA."""
+    from ..engine.compile import compile_dit as compile_trunk
+
+    return compile_trunk(model, mode=mode, backend=backend, max_shapes=max_shapes)

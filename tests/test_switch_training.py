@@ -3,6 +3,7 @@ engine's plan), per-frame prompts in the DiT, and switch data that leaves share-
 
 from __future__ import annotations
 
+from itertools import product
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,8 @@ from vidcascade.training.latent_data import DataConfig, build_latent_data, switc
 from vidcascade.training.layouts import LayoutSampler, layout_mask
 from vidcascade.training.switch_text import block_prompts, select_text, text_kwargs
 from vidcascade.training.vae_train import EMBEDDED_VAE
+from vidcascade.world import COLORS, MOTIONS, SHAPES, ObjectAttrs, sample_spec, sample_switch
+from vidcascade.world.holdout import is_held_out
 
 S = 4
 
@@ -246,8 +249,6 @@ def test_trainers_run_on_switch_data(tmp_path: Path) -> None:
 
 
 def test_held_out_switches_are_never_sampled_or_drawn() -> None:
-    from vidcascade.world import ObjectAttrs, sample_spec, sample_switch
-    from vidcascade.world.holdout import is_held_out
 
     # The world's sampler never returns a held-out pair (about 1 in 8 of all pairs).
     rng = np.random.default_rng(0)
@@ -261,14 +262,15 @@ def test_held_out_switches_are_never_sampled_or_drawn() -> None:
     assert drawn > 200
     # Data built before that (clips 1 and 4 carry a held-out switch): the batcher never draws them.
     data = _switch_data()
-    held, free = [("red", "circle", "right")], [("blue", "square", "up")]
-    while not is_held_out([ObjectAttrs(*held[0])], [ObjectAttrs(*free[0])]):
-        free = [(free[0][0], free[0][1], "still" if free[0][2] == "up" else "up")]
-        held = [("green", held[0][1], held[0][2])] if held[0][0] == "red" else [("red", "triangle", "left")]
-    plain = [("white", "circle", "left")]
+    objs = [(c, sh, m) for c, sh, m in product(COLORS, SHAPES, MOTIONS)]
+    plain = [objs[0]]
+    held, free = next(
+        ([a], [b])
+        for a, b in product(objs, objs)
+        if a != b and is_held_out([ObjectAttrs(*a)], [ObjectAttrs(*b)])
+    )
+    after_ok = next([b] for b in objs[1:] if not is_held_out([ObjectAttrs(*plain[0])], [ObjectAttrs(*b)]))
     data["attrs"] = [plain, held, plain, plain, held, plain, plain, plain]
-    after_ok = [("yellow", "circle", "left")]
-    assert not is_held_out([ObjectAttrs(*plain[0])], [ObjectAttrs(*after_ok[0])])
     data["attrs_after"] = [None, free, None, after_ok, free, None, after_ok, None]
     batcher = Batcher(data, 16, switch_share=1.0)
     sampler = LayoutSampler(clip_blocks=4, max_blocks=4)

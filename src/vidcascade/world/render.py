@@ -118,14 +118,20 @@ def shape_mask(shape: str, cx: np.ndarray, cy: np.ndarray, half: float, size: in
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(spec: ClipSpec, num_frames: int, size: int = 64) -> np.ndarray:
-    """Rasterise ``spec`` into ``uint8 [num_frames, size, size, 3]`` frames."""
+def background_frames(spec: ClipSpec, num_frames: int, size: int) -> np.ndarray:
+    """Checked frame count and size, and ``uint8 [num_frames, size, size, 3]`` of the background."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if size < MIN_SIZE:
         raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     frames[:] = np.asarray(spec.background, dtype=np.uint8)
+    return frames
+
+
+def render(spec: ClipSpec, num_frames: int, size: int = 64) -> np.ndarray:
+    """Rasterise ``spec`` into ``uint8 [num_frames, size, size, 3]`` frames."""
+    frames = background_frames(spec, num_frames, size)
     for obj in spec.objects:  # later objects overwrite earlier ones: a fixed draw order
         centers = object_centers(obj, num_frames) * size  # (T, 2) in pixels
         mask = shape_mask(obj.attrs.shape, centers[:, 0], centers[:, 1], obj.half_size * size, size)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vidcascade.world.palette import MOTION_DIRECTIONS, PALETTE, ObjectAttrs
-from vidcascade.world.render import MIN_SIZE, ClipSpec, _fold, object_centers, shape_mask
+from vidcascade.world.render import ClipSpec, _fold, background_frames, object_centers, shape_mask
 
 FRAMES_PER_BLOCK = 3
 SWITCH_KINDS: tuple[str, ...] = ("color", "shape", "direction", "still", "count")
@@ -199,12 +199,7 @@ def shape_level(shape: str, cx: np.ndarray, cy: np.ndarray, half: float, size: i
 def render_switch(spec: ClipSpec, switch: Switch, num_frames: int, size: int = 64) -> np.ndarray:
     """Rasterise a switched clip into ``uint8 [num_frames, size, size, 3]``; the frames before
     block k equal ``render(spec, ...)``, those from block k + 1 on show B exactly."""
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
-    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
-    frames[:] = np.asarray(spec.background, dtype=np.uint8)
+    frames = background_frames(spec, num_frames, size)
     for tr in tracks(spec, switch, num_frames):  # slot order = draw order
         cx, cy, half = tr.centers[:, 0] * size, tr.centers[:, 1] * size, tr.half * size
         mask = shape_mask(tr.shapes[0], cx, cy, half, size)  # [T, H, W]

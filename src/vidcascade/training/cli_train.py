@@ -149,9 +149,10 @@ def add_train_parser(sub) -> None:
     )
     t.add_argument(
         "--text-mode",
-        choices=["sentence", "clauses"],
+        choices=["sentence", "clauses", "counted-clauses"],
         default=None,
-        help="captions through MiniLM whole or clause by clause (data and text stages; default clauses)",
+        help="captions through MiniLM whole, clause by clause, or clause by clause with the clause "
+        "count in front (data and text stages; default clauses)",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")

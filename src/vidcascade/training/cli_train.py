@@ -93,7 +93,7 @@ def add_train_parser(sub) -> None:
         "--two-object-share",
         type=float,
         default=None,
-        help="share of DiT samples from two-object clips (default 0.75)",
+        help="share of samples from two-object clips (dit and distill; default 0.75)",
     )
     t.add_argument(
         "--overlap-share",
@@ -235,6 +235,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         klayouts = dataclasses.replace(klayouts, overlap_share=args.distill_overlap_share)
     if args.switch_share is not None:
         klayouts = dataclasses.replace(klayouts, switch_share=args.switch_share)
+    if args.two_object_share is not None:
+        klayouts = dataclasses.replace(klayouts, two_object_share=args.two_object_share)
     kcfg = DistillConfig(
         seed=args.seed,
         layouts=klayouts,

@@ -249,7 +249,6 @@ def test_trainers_run_on_switch_data(tmp_path: Path) -> None:
 
 
 def test_held_out_switches_are_never_sampled_or_drawn() -> None:
-
     # The world's sampler never returns a held-out pair (about 1 in 8 of all pairs).
     rng = np.random.default_rng(0)
     drawn = 0
@@ -262,7 +261,7 @@ def test_held_out_switches_are_never_sampled_or_drawn() -> None:
     assert drawn > 200
     # Data built before that (clips 1 and 4 carry a held-out switch): the batcher never draws them.
     data = _switch_data()
-    objs = [(c, sh, m) for c, sh, m in product(COLORS, SHAPES, MOTIONS)]
+    objs = list(product(COLORS, SHAPES, MOTIONS))
     plain = [objs[0]]
     held, free = next(
         ([a], [b])

@@ -80,9 +80,11 @@ class ClauseTextEncoder:
     def __init__(self, encoder: TextEncoder, max_clauses: int = 4, counted: bool = False) -> None:
         if not hasattr(encoder, "tokenize"):
             raise TypeError(f"{type(encoder).__name__} has no tokenize(): clause packing needs token counts")
-        self.encoder = encoder
         if counted and not 1 <= max_clauses <= len(COUNT_WORDS):
-            raise ValueError(f"counted clauses need max_clauses in [1, {len(COUNT_WORDS)}], got {max_clauses}")
+            raise ValueError(
+                f"counted clauses need max_clauses in [1, {len(COUNT_WORDS)}], got {max_clauses}"
+            )
+        self.encoder = encoder
         self.max_clauses = max_clauses
         self.counted = counted
         self.text_len = encoder.text_len

@@ -17,6 +17,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from ..text.modes import TEXT_MODES
+
 log = logging.getLogger(__name__)
 
 
@@ -149,7 +151,7 @@ def add_train_parser(sub) -> None:
     )
     t.add_argument(
         "--text-mode",
-        choices=["sentence", "clauses", "counted-clauses"],
+        choices=TEXT_MODES,
         default=None,
         help="captions through MiniLM whole, clause by clause, or clause by clause with the clause "
         "count in front (data and text stages; default clauses)",

@@ -36,7 +36,7 @@ import torch
 
 from ..models.wan_vae import WanVAE
 from ..models.wan_vae_blocks import CausalState
-from ..weights.embedded import check_text_mode
+from ..text.modes import check_text_mode
 from ..world import SwitchConfig, caption, render, render_switch, sample_spec, sample_switch
 from ..world.generate import box_overlaps
 from ..world.holdout import is_held_out
@@ -58,7 +58,7 @@ class DataConfig:
     """Training clips use seeds from here; evaluation uses its own, disjoint seeds."""
     batch: int = 32
     text_mode: str = "clauses"
-    """How captions reach MiniLM (models/embedded.py TEXT_MODES): clause by clause, so that each
+    """How captions reach MiniLM (text/modes.py TEXT_MODES): clause by clause, so that each
     object's words get token states of their own. Up to step 14,000 the DiT was trained on
     whole-sentence states ("sentence")."""
     switch_share: float = 0.0

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..config import CacheConfig, FeatureCacheConfig, ModelConfig, SamplingConfig
+from ..text.modes import check_text_mode
 from .bundle import Bundle
 from .checkpoint_io import CheckpointError, read_safetensors
 
@@ -24,15 +25,6 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
 TEACHER_ASSETS = ASSETS.parent / "embedded-teacher"
 """The undistilled teacher of the embedded model (fp16 on disk), for many-step sampling."""
-TEXT_MODES = ("sentence", "clauses", "counted-clauses")
-"""How prompts reach MiniLM: the whole prompt in one pass, each clause in its own pass, or each
-clause in its own pass prefixed by the number of clauses (text/clauses.py says why)."""
-
-
-def check_text_mode(mode: str) -> str:
-    if mode not in TEXT_MODES:
-        raise ValueError(f"unknown text mode {mode!r}; expected one of {', '.join(TEXT_MODES)}")
-    return mode
 
 
 def embedded_text_encoder(mode: str, text_len: int = 32, device: torch.device | str = "cpu"):

@@ -365,3 +365,53 @@ def test_object_overlaps_of_a_scene_and_replayed_from_the_data_seed():
     captions[3] = ["another caption", "and another"]
     with pytest.raises(ValueError, match="clip 3"):
         object_overlaps({"config": cfg, "captions": captions})
+
+
+def test_merge_interpolates_and_export_records_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vidcascade.config import model_preset
+    from vidcascade.training.export import export_embedded
+    from vidcascade.training.merge import interpolate_states
+
+    a = init_weights(CausalWanDiT(model_preset("tiny")), 1).state_dict()
+    b = init_weights(CausalWanDiT(model_preset("tiny")), 2).state_dict()
+    mixed = interpolate_states(a, b, 0.25)
+    for k in a:
+        assert torch.allclose(mixed[k], 0.25 * a[k] + 0.75 * b[k], atol=1e-6), k
+    assert all(torch.equal(interpolate_states(a, b, 1.0)[k], a[k]) for k in a)
+    with pytest.raises(ValueError, match="share must be in"):
+        interpolate_states(a, b, 1.5)
+    with pytest.raises(ValueError, match="only in the run"):
+        interpolate_states(a, {k: v for k, v in b.items() if not k.startswith("blocks.0.")}, 0.5)
+    key = next(iter(b))
+    with pytest.raises(ValueError, match="cannot merge"):
+        interpolate_states(a, {**b, key: b[key][:1]}, 0.5)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(a, str(run / "dit_distilled_ema.safetensors"), metadata={"step": "3", "text_mode": "clauses"})
+    (run / "vae.safetensors").write_bytes(b"vae")  # export copies it as it is
+    save_file(b, str(tmp_path / "other.safetensors"))
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        export_embedded(run, tmp_path / "bad", merge_with=tmp_path / "missing.safetensors")
+    assert not (tmp_path / "bad").exists()  # nothing written for a failed merge
+    dest = export_embedded(run, tmp_path / "out", merge_with=tmp_path / "other.safetensors", merge_share=0.25)
+    out = load_file(str(dest / "dit.safetensors"))
+    assert all(torch.allclose(out[k], mixed[k]) for k in a)
+    info = json.loads((dest / "model.json").read_text())
+    assert info["merged"] == {"with": "other.safetensors", "run_share": 0.25}
+    assert info["train_step"] == "?+distill3 merged 0.25"
+
+
+def test_train_cli_checks_merge_flags_before_training(tmp_path, capsys):
+    from vidcascade.cli import main
+
+    run = str(tmp_path / "run")
+    assert main(["train", "all", "--run", run, "--merge-share", "0.5"]) != 0
+    assert "--merge-share needs --merge-with" in capsys.readouterr().err
+    assert main(["train", "all", "--run", run, "--merge-with", "x.safetensors", "--merge-share", "2"]) != 0
+    assert "got 2.0" in capsys.readouterr().err
+    assert main(["train", "dit", "--run", run, "--merge-with", "x.safetensors"]) != 0
+    assert "export stage" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

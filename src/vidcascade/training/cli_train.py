@@ -159,6 +159,19 @@ def add_train_parser(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     t.add_argument("--dest", default=None, help="export destination (default: the package's assets)")
+    t.add_argument(
+        "--merge-with",
+        default=None,
+        metavar="WEIGHTS",
+        help="export: interpolate the run's DiT with these weights of the same model (a .safetensors "
+        "file or checkpoint, e.g. the student the run was distilled from) (default: no merge)",
+    )
+    t.add_argument(
+        "--merge-share",
+        type=float,
+        default=None,
+        help="export with --merge-with: the run's weight in the mix, in [0, 1] (default 0.5)",
+    )
 
 
 def _probs(text: str) -> tuple[float, ...]:
@@ -207,8 +220,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .distill import DistillConfig, distill
     from .dit_train import DiTTrainConfig, train_dit
     from .latent_data import DataConfig, build_latent_data, reencode_text
+    from .merge import check_share
     from .vae_train import DecoderTuneConfig, VAETrainConfig, finetune_decoder, train_vae
 
+    if args.merge_with and args.stage not in ("export", "all"):
+        raise ValueError(f"--merge-with applies to the export stage, not to {args.stage!r}")
+    if args.merge_share is not None:
+        # Checked before any stage runs: `all` exports last, after hours of training.
+        if not args.merge_with:
+            raise ValueError("--merge-share needs --merge-with (the weights to merge the run's DiT with)")
+        check_share(args.merge_share)
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -297,5 +318,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             from .export import export_embedded
 
             kw = {"dest": Path(args.dest)} if args.dest else {}
+            if args.merge_with:
+                kw["merge_with"] = Path(args.merge_with)
+                kw["merge_share"] = 0.5 if args.merge_share is None else args.merge_share
             export_embedded(run, **kw)
     return 0

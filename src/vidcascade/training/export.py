@@ -13,7 +13,8 @@ import torch
 from ..config import model_preset
 from ..weights.embedded import ASSETS
 from ..weights.registry import EMBEDDED_CACHE, TINY_SAMPLING
-from .common import load_checkpoint
+from .common import load_checkpoint, load_dit_weights
+from .merge import check_share, interpolate_states
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,18 @@ at 8. It doubles the batch of every forward. A distilled DiT has its teacher's g
 and is exported with guidance 1."""
 
 
-def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = None) -> Path:
-    """Write the run's DiT (the distilled one when the run has it) and VAE as the embedded model."""
+def export_embedded(
+    run_dir: Path,
+    dest: Path = ASSETS,
+    extra: dict | None = None,
+    merge_with: Path | None = None,
+    merge_share: float = 0.5,
+) -> Path:
+    """Write the run's DiT (the distilled one when the run has it) and VAE as the embedded model.
+
+    With ``merge_with`` (weights of the same model, e.g. the student the run was distilled from),
+    the DiT written is ``merge_share * run + (1 - merge_share) * merge_with`` (merge.py says why).
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -35,8 +46,13 @@ def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = Non
     for p in (dit_src, vae_src):
         if not p.exists():
             raise FileNotFoundError(f"{p} is missing: train the VAE and the DiT first (vidcascade train)")
+    if merge_with is not None:
+        check_share(merge_share)
+        other = load_dit_weights(Path(merge_with))  # before anything is written: a bad file fails here
     dest.mkdir(parents=True, exist_ok=True)
     state = load_file(str(dit_src))
+    if merge_with is not None:
+        state = interpolate_states(state, other, merge_share)
     with safe_open(str(dit_src), "pt") as f:
         meta_in = f.metadata() or {}
     step = meta_in.get("step", "?")
@@ -61,6 +77,9 @@ def export_embedded(run_dir: Path, dest: Path = ASSETS, extra: dict | None = Non
             }
         }
         step = f"{teacher_step}+distill{step}"
+    if merge_with is not None:
+        provenance["merged"] = {"with": Path(merge_with).name, "run_share": merge_share}
+        step = f"{step} merged {merge_share:g}"
     save_file(
         {k: v.to(torch.float32).contiguous() for k, v in state.items()},
         str(dest / "dit.safetensors"),

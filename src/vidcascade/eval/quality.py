@@ -70,6 +70,15 @@ def _scores(frames: np.ndarray, attrs, fpb: int) -> dict[str, float]:
     return m
 
 
+VIDEO_FIELDS = ("objects", "color", "shape", "motion", "count")
+"""A video's own scores kept in the JSON rows (``videos``), so that two runs over the same prompts
+and seeds can be compared video by video (``eval.compare``)."""
+
+
+def _video_record(seed: int, scores: dict[str, float]) -> dict[str, float]:
+    return {"seed": seed, **{k: scores[k] for k in (*VIDEO_FIELDS, "extra_object")}}
+
+
 def _by_objects(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Accuracies of the one-object and the two-object prompts apart (they fail differently)."""
     out = {}
@@ -106,6 +115,10 @@ def _drift(engine: Engine, items: list[EvalItem], blocks: int, tick: Callable[[]
         last.append(match_attributes(detect_objects(frames[-q:], max_objects=len(it.attrs)), it.attrs))
         tick()
     a, b = aggregate_matches(first), aggregate_matches(last)
+    long_videos = [
+        {"seed": it.seed, **{f"{k}_{q}": m[k] for q, m in (("first", f), ("last", la)) for k in VIDEO_FIELDS}}
+        for it, f, la in zip(items, first, last, strict=True)
+    ]
     return {
         "long_blocks": blocks,
         "long_color_first": a["color"],
@@ -115,6 +128,7 @@ def _drift(engine: Engine, items: list[EvalItem], blocks: int, tick: Callable[[]
         "long_count_last": b["count"],
         "drift_color": b["color"] - a["color"],
         "drift_shape": b["shape"] - a["shape"],
+        "long_videos": long_videos,
     }
 
 
@@ -221,6 +235,7 @@ def run_eval(
             "psnr_vs_p0": float(np.mean(ps)),
             "ssim_vs_p0": float(np.mean(ss)),
             **_cache_columns(cache_cols),
+            "videos": [_video_record(it.seed, m) for it, m in zip(items, per, strict=True)],
         }
         if long_prompts:
             row.update(_drift(engine, items[:long_prompts], long_blocks, tick))

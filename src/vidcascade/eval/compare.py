@@ -93,7 +93,8 @@ def compare_runs(base: dict, new: dict, resamples: int = 4000, seed: int = 0) ->
 
 def format_comparison(results: list[dict], base_name: str, new_name: str) -> str:
     lines = [
-        f"{new_name} minus {base_name}, paired bootstrap 95% interval over the videos",
+        f"{new_name} minus {base_name}, paired bootstrap 95% interval over the videos "
+        "(extra_object: the share of videos with one, lower is better)",
         "level | attention | accuracy | base | new | diff | 95% interval | videos changed",
     ]
     lines.append("-" * len(lines[-1]))

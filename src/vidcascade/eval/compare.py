@@ -62,12 +62,12 @@ def compare_rows(base: dict, new: dict, resamples: int = 4000, seed: int = 0, le
     out = {}
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     for name in ACCURACIES:
-        diff = _stat(b, name, everything)[0] - _stat(a, name, everything)[0]
+        base_acc, new_acc = float(_stat(a, name, everything)[0]), float(_stat(b, name, everything)[0])
         boot = _stat(b, name, idx) - _stat(a, name, idx)
         out[name] = {
-            "base": float(_stat(a, name, everything)[0]),
-            "new": float(_stat(b, name, everything)[0]),
-            "diff": float(diff),
+            "base": base_acc,
+            "new": new_acc,
+            "diff": new_acc - base_acc,
             "low": float(np.quantile(boot, lo_q)),
             "high": float(np.quantile(boot, hi_q)),
             "videos_changed": int((a[name] != b[name]).sum()),

@@ -320,6 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             kw = {"dest": Path(args.dest)} if args.dest else {}
             if args.merge_with:
                 kw["merge_with"] = Path(args.merge_with)
-                kw["merge_share"] = 0.5 if args.merge_share is None else args.merge_share
+            if args.merge_share is not None:
+                kw["merge_share"] = args.merge_share
             export_embedded(run, **kw)
     return 0

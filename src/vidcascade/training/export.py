@@ -14,7 +14,7 @@ from ..config import model_preset
 from ..weights.embedded import ASSETS
 from ..weights.registry import EMBEDDED_CACHE, TINY_SAMPLING
 from .common import load_checkpoint, load_dit_weights
-from .merge import check_share, interpolate_states
+from .merge import interpolate_states
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,10 @@ def export_embedded(
     for p in (dit_src, vae_src):
         if not p.exists():
             raise FileNotFoundError(f"{p} is missing: train the VAE and the DiT first (vidcascade train)")
-    if merge_with is not None:
-        check_share(merge_share)
-        other = load_dit_weights(Path(merge_with))  # before anything is written: a bad file fails here
-    dest.mkdir(parents=True, exist_ok=True)
     state = load_file(str(dit_src))
-    if merge_with is not None:
-        state = interpolate_states(state, other, merge_share)
+    if merge_with is not None:  # before anything is written: a bad file or share fails here
+        state = interpolate_states(state, load_dit_weights(Path(merge_with)), merge_share)
+    dest.mkdir(parents=True, exist_ok=True)
     with safe_open(str(dit_src), "pt") as f:
         meta_in = f.metadata() or {}
     step = meta_in.get("step", "?")
